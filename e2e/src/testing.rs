@@ -1,0 +1,121 @@
+//! The test-side API: one shared bed per test binary (each test gets its own client and
+//! namespace), private beds for tests that stop the apiserver, and polling helpers.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use tokio::sync::OnceCell;
+
+use crate::bed::{Bed, BedOptions};
+use crate::process::{self, Mode};
+
+static SHARED: OnceCell<Bed> = OnceCell::const_new();
+
+/// The bed shared by every test of this test binary, started on first use with the options
+/// `configure` makes (the first caller's options win, so one test binary uses one shape).
+pub async fn shared_bed(configure: impl FnOnce(BedOptions) -> BedOptions) -> &'static Bed {
+    init_logging();
+    match SHARED
+        .get_or_try_init(|| async {
+            let dir = fresh_dir("shared");
+            process::remove_at_exit(&dir);
+            Bed::up(configure(BedOptions::new(dir)), Mode::Attached).await
+        })
+        .await
+    {
+        Ok(bed) => bed,
+        Err(e) => panic!("the test bed did not start: {e:#}"),
+    }
+}
+
+/// A bed of the test's own (for tests that stop or restart parts of it); stopped and removed on
+/// drop.
+pub struct PrivateBed(Option<Bed>);
+
+impl PrivateBed {
+    pub async fn start(configure: impl FnOnce(BedOptions) -> BedOptions) -> Result<PrivateBed> {
+        init_logging();
+        let dir = fresh_dir("private");
+        process::remove_at_exit(&dir);
+        Ok(PrivateBed(Some(Bed::up(configure(BedOptions::new(dir)), Mode::Attached).await?)))
+    }
+}
+
+impl std::ops::Deref for PrivateBed {
+    type Target = Bed;
+    fn deref(&self) -> &Bed {
+        // Only `Drop` takes the bed out.
+        self.0.as_ref().unwrap_or_else(|| unreachable!("bed taken before drop"))
+    }
+}
+
+impl Drop for PrivateBed {
+    fn drop(&mut self) {
+        if let Some(bed) = self.0.take() {
+            bed.down();
+        }
+    }
+}
+
+fn fresh_dir(kind: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let root = std::env::temp_dir();
+    remove_stale_dirs(&root);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    root.join(format!("ferrite-bed-{}-{kind}-{n}", std::process::id()))
+}
+
+/// Beds of test processes that were killed before their exit hook ran.
+fn remove_stale_dirs(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix("ferrite-bed-") else { continue };
+        let pid: u32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if pid != 0 && !process::alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Creates a namespace `<prefix>-<random>` for one test.
+pub async fn namespace(client: &kube::Client, prefix: &str) -> Result<String> {
+    let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))?;
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Ok(name)
+}
+
+/// Polls `probe` every `every` until it returns Some, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
