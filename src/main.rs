@@ -1,1 +1,160 @@
-fn main() {}
+//! `ferrite`: one binary, several components (hyperkube style).
+//!
+//!   ferrite controller-manager [flags]   kube-controller-manager's replacement
+//!   ferrite scheduler [flags]            kube-scheduler's replacement
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ferrite_runtime::component::{self, CommonOptions, ComponentSpec, EXIT_USAGE};
+use ferrite_runtime::flags::parse_go_bool;
+use ferrite_runtime::serving::{CONTROLLER_MANAGER_SECURE_PORT, SCHEDULER_SECURE_PORT};
+
+#[derive(Parser)]
+#[command(name = "ferrite", version, about = "Kubernetes' controller manager and scheduler, in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller manager (replaces kube-controller-manager).
+    ControllerManager(ControllerManagerArgs),
+    /// Run the scheduler (replaces kube-scheduler).
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(Args)]
+struct ControllerManagerArgs {
+    #[command(flatten)]
+    common: CommonOptions,
+    /// A list of controllers to enable. '*' enables all on-by-default controllers, 'foo' enables
+    /// the controller named 'foo', '-foo' disables the controller named 'foo'.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// Give each controller its own service account credentials (upstream default false; kubeadm
+    /// sets true).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
+    use_service_account_credentials: bool,
+    /// CA bundle published to every namespace as kube-root-ca.crt.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
+    /// Key used to sign service account tokens.
+    #[arg(long)]
+    service_account_private_key_file: Option<PathBuf>,
+    #[arg(long)]
+    cluster_signing_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    cluster_signing_key_file: Option<PathBuf>,
+    #[arg(long, default_value = "kubernetes")]
+    cluster_name: String,
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    #[arg(long)]
+    service_cluster_ip_range: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
+    allocate_node_cidrs: bool,
+    /// klog verbosity; maps onto log levels (RUST_LOG overrides).
+    #[arg(short = 'v', long = "v", default_value_t = 2)]
+    verbosity: u8,
+}
+
+#[derive(Args)]
+struct SchedulerArgs {
+    #[command(flatten)]
+    common: CommonOptions,
+    /// Path to a KubeSchedulerConfiguration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// klog verbosity; maps onto log levels (RUST_LOG overrides).
+    #[arg(short = 'v', long = "v", default_value_t = 2)]
+    verbosity: u8,
+}
+
+const CONTROLLER_MANAGER: ComponentSpec = ComponentSpec {
+    name: "controller-manager",
+    lease_name: "ferrite-controller-manager",
+    secure_port: CONTROLLER_MANAGER_SECURE_PORT,
+    qps: 20.0,
+    burst: 30,
+    cert_pair_name: "kube-controller-manager",
+};
+
+const SCHEDULER: ComponentSpec = ComponentSpec {
+    name: "scheduler",
+    lease_name: "ferrite-scheduler",
+    secure_port: SCHEDULER_SECURE_PORT,
+    qps: 50.0,
+    burst: 100,
+    cert_pair_name: "kube-scheduler",
+};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                std::process::exit(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { EXIT_USAGE } else { 0 });
+            }
+            // One clear line, as the design asks: clap's first line names the flag and the problem.
+            let text = e.to_string();
+            eprintln!("ferrite: {}", text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: "));
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let code = match cli.command {
+        Command::ControllerManager(args) => controller_manager(args),
+        Command::Scheduler(args) => scheduler(args),
+    };
+    std::process::exit(code);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferrite: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn controller_manager(args: ControllerManagerArgs) -> i32 {
+    // Validate everything before anything starts.
+    let enabled = match ferrite_controllers::names::enabled(&args.controllers) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ferrite controller-manager: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    for (flag, path) in [
+        ("--root-ca-file", &args.root_ca_file),
+        ("--service-account-private-key-file", &args.service_account_private_key_file),
+    ] {
+        if let Some(p) = path {
+            if !p.is_file() {
+                eprintln!("ferrite controller-manager: {flag}: {} does not exist", p.display());
+                return EXIT_USAGE;
+            }
+        }
+    }
+    component::init_logging(args.verbosity);
+    runtime().block_on(component::run(&CONTROLLER_MANAGER, args.common, move |ctx| {
+        ferrite_controllers::manager::run(ctx, enabled)
+    }))
+}
+
+fn scheduler(args: SchedulerArgs) -> i32 {
+    if let Some(config) = &args.config {
+        // KubeSchedulerConfiguration support comes with the scheduler's profiles; refusing the
+        // file is better than silently ignoring it.
+        eprintln!("ferrite scheduler: --config {}: KubeSchedulerConfiguration files are not supported yet", config.display());
+        return EXIT_USAGE;
+    }
+    component::init_logging(args.verbosity);
+    runtime().block_on(component::run(&SCHEDULER, args.common, ferrite_scheduler::run))
+}

@@ -1,0 +1,259 @@
+//! Shared informers (upstream SharedInformerFactory): one watch per resource type per process,
+//! shared by every controller that needs that type. Each informer keeps a cache (a kube-runtime
+//! reflector store of `Arc<K>`) and calls registered handlers with add/update/delete changes, so
+//! controllers only map changes to work-queue keys.
+//!
+//! The watch is kube-runtime's watcher: initial list served from the apiserver's cache
+//! (resourceVersion=0, like client-go's reflector), watch bookmarks, and a relist when the
+//! resourceVersion is too old (410). A relist is reconciled against the cache, so objects deleted
+//! while the watch was down are reported as deletions, as client-go's DeltaFIFO Replace does.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// What an informer tells its handlers.
+pub enum Change<'a, K> {
+    Added(&'a Arc<K>),
+    Updated { old: &'a Arc<K>, new: &'a Arc<K> },
+    Deleted(&'a Arc<K>),
+}
+
+type Handler<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
+
+pub trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
+impl<K> Watched for K where K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
+
+struct Shared<K: Watched> {
+    store: Store<K>,
+    writer: Mutex<Option<reflector::store::Writer<K>>>,
+    handlers: RwLock<Vec<Handler<K>>>,
+}
+
+/// A cheap handle to one shared informer.
+pub struct Informer<K: Watched> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K: Watched> Clone for Informer<K> {
+    fn clone(&self) -> Self {
+        Informer { shared: self.shared.clone() }
+    }
+}
+
+impl<K: Watched> Informer<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    /// The cache (lister).
+    pub fn store(&self) -> &Store<K> {
+        &self.shared.store
+    }
+
+    pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        let mut r = ObjectRef::new(name);
+        if let Some(ns) = namespace {
+            r = r.within(ns);
+        }
+        self.shared.store.get(&r)
+    }
+
+    /// Registers a handler. Like client-go's AddEventHandler on a started informer, objects
+    /// already cached are replayed to it as additions.
+    pub fn add_handler(&self, f: impl Fn(Change<'_, K>) + Send + Sync + 'static) {
+        let f: Handler<K> = Arc::new(f);
+        if let Ok(mut hs) = self.shared.handlers.write() {
+            hs.push(f.clone());
+        }
+        for obj in self.shared.store.state() {
+            f(Change::Added(&obj));
+        }
+    }
+
+    /// Waits until the first list has been applied.
+    pub async fn wait_synced(&self) {
+        let _ = self.shared.store.wait_until_ready().await;
+    }
+
+    fn dispatch(&self, change: Change<'_, K>) {
+        let handlers = match self.shared.handlers.read() {
+            Ok(hs) => hs.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for h in &handlers {
+            match &change {
+                Change::Added(o) => h(Change::Added(o)),
+                Change::Updated { old, new } => h(Change::Updated { old, new }),
+                Change::Deleted(o) => h(Change::Deleted(o)),
+            }
+        }
+    }
+
+    async fn run(self, api: Api<K>, shutdown: CancellationToken) {
+        let Some(mut writer) = self.shared.writer.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
+        let config = watcher::Config::default().any_semantic();
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        // Keys seen during a relist, to report what vanished while we were not watching.
+        let mut relist: Option<(HashSet<ObjectRef<K>>, Vec<Arc<K>>)> = None;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = stream.next() => e,
+            };
+            let Some(event) = event else { return };
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            match &event {
+                Event::Apply(obj) => {
+                    let new = Arc::new(obj.clone());
+                    let old = self.shared.store.get(&ObjectRef::from_obj(obj));
+                    writer.apply_watcher_event(&event);
+                    self.notify_upsert(old, &new);
+                }
+                Event::Delete(obj) => {
+                    writer.apply_watcher_event(&event);
+                    self.dispatch(Change::Deleted(&Arc::new(obj.clone())));
+                }
+                Event::Init => {
+                    writer.apply_watcher_event(&event);
+                    relist = Some((HashSet::new(), Vec::new()));
+                }
+                Event::InitApply(obj) => {
+                    writer.apply_watcher_event(&event);
+                    if let Some((seen, applied)) = relist.as_mut() {
+                        seen.insert(ObjectRef::from_obj(obj));
+                        applied.push(Arc::new(obj.clone()));
+                    }
+                }
+                Event::InitDone => {
+                    let before = self.shared.store.state();
+                    writer.apply_watcher_event(&event);
+                    if let Some((seen, applied)) = relist.take() {
+                        let old: HashMap<ObjectRef<K>, Arc<K>> =
+                            before.into_iter().map(|o| (ObjectRef::from_obj(o.as_ref()), o)).collect();
+                        for new in &applied {
+                            self.notify_upsert(old.get(&ObjectRef::from_obj(new.as_ref())).cloned(), new);
+                        }
+                        for (key, gone) in &old {
+                            if !seen.contains(key) {
+                                self.dispatch(Change::Deleted(gone));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn notify_upsert(&self, old: Option<Arc<K>>, new: &Arc<K>) {
+        match old {
+            // A relist re-delivers unchanged objects; handlers only care about real changes.
+            Some(old) if old.meta().resource_version.is_some() && old.meta().resource_version == new.meta().resource_version => {}
+            Some(old) => self.dispatch(Change::Updated { old: &old, new }),
+            None => self.dispatch(Change::Added(new)),
+        }
+    }
+}
+
+type StartFn = Box<dyn FnOnce(kube::Client, CancellationToken) -> tokio::task::JoinHandle<()> + Send>;
+
+/// One informer per resource type per process.
+pub struct InformerFactory {
+    client: kube::Client,
+    inner: Mutex<FactoryState>,
+}
+
+#[derive(Default)]
+struct FactoryState {
+    informers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    pending: Vec<StartFn>,
+    started: Option<CancellationToken>,
+    syncs: Vec<Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>>,
+}
+
+impl InformerFactory {
+    pub fn new(client: kube::Client) -> Arc<Self> {
+        Arc::new(InformerFactory { client, inner: Mutex::new(FactoryState::default()) })
+    }
+
+    /// The cluster-wide informer for `K`, created on first request. After `start`, new informers
+    /// start at once.
+    pub fn informer<K: Watched>(&self) -> Informer<K> {
+        let mut state = match self.inner.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(existing) = state.informers.get(&TypeId::of::<K>()) {
+            if let Some(inf) = existing.downcast_ref::<Informer<K>>() {
+                return inf.clone();
+            }
+        }
+        let (store, writer) = reflector::store::<K>();
+        let informer = Informer {
+            shared: Arc::new(Shared { store, writer: Mutex::new(Some(writer)), handlers: RwLock::new(Vec::new()) }),
+        };
+        state.informers.insert(TypeId::of::<K>(), Box::new(informer.clone()));
+        let for_sync = informer.clone();
+        state.syncs.push(Box::new(move || {
+            let i = for_sync.clone();
+            Box::pin(async move { i.wait_synced().await })
+        }));
+        let to_start = informer.clone();
+        let start: StartFn = Box::new(move |client, token| {
+            tokio::spawn(to_start.run(Api::<K>::all(client), token))
+        });
+        match state.started.clone() {
+            Some(token) => {
+                start(self.client.clone(), token);
+            }
+            None => state.pending.push(start),
+        }
+        informer
+    }
+
+    /// Starts every informer requested so far (and later ones as they are requested).
+    pub fn start(&self, shutdown: CancellationToken) {
+        let pending = {
+            let mut state = match self.inner.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            state.started = Some(shutdown.clone());
+            std::mem::take(&mut state.pending)
+        };
+        for start in pending {
+            start(self.client.clone(), shutdown.clone());
+        }
+    }
+
+    /// Waits until every informer requested so far has listed once.
+    pub async fn wait_for_cache_sync(&self) {
+        let waits: Vec<_> = match self.inner.lock() {
+            Ok(s) => s.syncs.iter().map(|f| f()).collect(),
+            Err(p) => p.into_inner().syncs.iter().map(|f| f()).collect(),
+        };
+        futures::future::join_all(waits).await;
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+}
