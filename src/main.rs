@@ -11,7 +11,11 @@ use ferrite_runtime::flags::parse_go_bool;
 use ferrite_runtime::serving::{CONTROLLER_MANAGER_SECURE_PORT, SCHEDULER_SECURE_PORT};
 
 #[derive(Parser)]
-#[command(name = "ferrite", version, about = "Kubernetes' controller manager and scheduler, in Rust")]
+#[command(
+    name = "ferrite",
+    version,
+    about = "Kubernetes' controller manager and scheduler, in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,13 +99,30 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                std::process::exit(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { EXIT_USAGE } else { 0 });
+                std::process::exit(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        EXIT_USAGE
+                    } else {
+                        0
+                    },
+                );
             }
             // One clear line, as the design asks: clap's first line names the flag and the problem.
             let text = e.to_string();
-            eprintln!("ferrite: {}", text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: "));
+            eprintln!(
+                "ferrite: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("invalid arguments")
+                    .trim_start_matches("error: ")
+            );
             std::process::exit(EXIT_USAGE);
         }
     };
@@ -113,7 +134,10 @@ fn main() {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferrite: cannot start the async runtime: {e}");
@@ -133,28 +157,43 @@ fn controller_manager(args: ControllerManagerArgs) -> i32 {
     };
     for (flag, path) in [
         ("--root-ca-file", &args.root_ca_file),
-        ("--service-account-private-key-file", &args.service_account_private_key_file),
+        (
+            "--service-account-private-key-file",
+            &args.service_account_private_key_file,
+        ),
     ] {
-        if let Some(p) = path {
-            if !p.is_file() {
-                eprintln!("ferrite controller-manager: {flag}: {} does not exist", p.display());
-                return EXIT_USAGE;
-            }
+        if let Some(p) = path
+            && !p.is_file()
+        {
+            eprintln!(
+                "ferrite controller-manager: {flag}: {} does not exist",
+                p.display()
+            );
+            return EXIT_USAGE;
         }
     }
     component::init_logging(args.verbosity);
-    runtime().block_on(component::run(&CONTROLLER_MANAGER, args.common, move |ctx| {
-        ferrite_controllers::manager::run(ctx, enabled)
-    }))
+    runtime().block_on(component::run(
+        &CONTROLLER_MANAGER,
+        args.common,
+        move |ctx| ferrite_controllers::manager::run(ctx, enabled),
+    ))
 }
 
 fn scheduler(args: SchedulerArgs) -> i32 {
     if let Some(config) = &args.config {
         // KubeSchedulerConfiguration support comes with the scheduler's profiles; refusing the
         // file is better than silently ignoring it.
-        eprintln!("ferrite scheduler: --config {}: KubeSchedulerConfiguration files are not supported yet", config.display());
+        eprintln!(
+            "ferrite scheduler: --config {}: KubeSchedulerConfiguration files are not supported yet",
+            config.display()
+        );
         return EXIT_USAGE;
     }
     component::init_logging(args.verbosity);
-    runtime().block_on(component::run(&SCHEDULER, args.common, ferrite_scheduler::run))
+    runtime().block_on(component::run(
+        &SCHEDULER,
+        args.common,
+        ferrite_scheduler::run,
+    ))
 }

@@ -71,7 +71,13 @@ pub enum Credentials<'a> {
 }
 
 /// Renders a single-context kubeconfig for `user` against `server`, trusting `ca_pem`.
-pub fn render(cluster_name: &str, server: &str, ca_pem: &str, user: &str, creds: Credentials<'_>) -> String {
+pub fn render(
+    cluster_name: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    creds: Credentials<'_>,
+) -> String {
     let user_inner = match creds {
         Credentials::ClientCert(pair) => UserInner {
             client_certificate_data: Some(STANDARD.encode(&pair.cert_pem)),
@@ -91,11 +97,25 @@ pub fn render(cluster_name: &str, server: &str, ca_pem: &str, user: &str, creds:
         clusters: vec![Named {
             name: cluster_name,
             value: Cluster {
-                cluster: ClusterInner { server: server.to_string(), certificate_authority_data: STANDARD.encode(ca_pem) },
+                cluster: ClusterInner {
+                    server: server.to_string(),
+                    certificate_authority_data: STANDARD.encode(ca_pem),
+                },
             },
         }],
-        users: vec![Named { name: user, value: User { user: user_inner } }],
-        contexts: vec![Named { name: &context, value: Context { context: ContextInner { cluster: cluster_name, user } } }],
+        users: vec![Named {
+            name: user,
+            value: User { user: user_inner },
+        }],
+        contexts: vec![Named {
+            name: &context,
+            value: Context {
+                context: ContextInner {
+                    cluster: cluster_name,
+                    user,
+                },
+            },
+        }],
         current_context: &context,
     };
     // Serialising plain structs of strings cannot fail.
@@ -108,10 +128,22 @@ mod tests {
 
     #[test]
     fn rendered_kubeconfig_names_server_user_and_context() {
-        let pair = CertPair { cert_pem: "cert".into(), key_pem: "key".into() };
-        let text = render("ferrite", "https://127.0.0.1:6443", "ca", "admin", Credentials::ClientCert(&pair));
+        let pair = CertPair {
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+        };
+        let text = render(
+            "ferrite",
+            "https://127.0.0.1:6443",
+            "ca",
+            "admin",
+            Credentials::ClientCert(&pair),
+        );
         assert!(text.contains("server: https://127.0.0.1:6443"));
         assert!(text.contains("current-context: admin@ferrite"));
-        assert!(text.contains(&format!("client-certificate-data: {}", STANDARD.encode("cert"))));
+        assert!(text.contains(&format!(
+            "client-certificate-data: {}",
+            STANDARD.encode("cert")
+        )));
     }
 }

@@ -62,7 +62,10 @@ const CA_VALIDITY: Duration = Duration::days(3650);
 const LEAF_VALIDITY: Duration = Duration::days(365);
 
 fn wrap<T>(name: &str, r: Result<T, rcgen::Error>) -> Result<T, PkiError> {
-    r.map_err(|source| PkiError::Generate { name: name.to_string(), source })
+    r.map_err(|source| PkiError::Generate {
+        name: name.to_string(),
+        source,
+    })
 }
 
 impl CertificateAuthority {
@@ -70,7 +73,9 @@ impl CertificateAuthority {
         let key = wrap(common_name, KeyPair::generate())?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -81,8 +86,14 @@ impl CertificateAuthority {
         params.not_before = now - Duration::hours(1);
         params.not_after = now + CA_VALIDITY;
         let cert = wrap(common_name, params.self_signed(&key))?;
-        let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok(CertificateAuthority { issuer: Issuer::new(params, key), pair })
+        let pair = CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(CertificateAuthority {
+            issuer: Issuer::new(params, key),
+            pair,
+        })
     }
 
     /// The CA's own certificate and key.
@@ -97,21 +108,33 @@ impl CertificateAuthority {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         for org in &spec.organizations {
-            params.distinguished_name.push(DnType::OrganizationName, org.as_str());
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, org.as_str());
         }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         if spec.server {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if spec.client {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + LEAF_VALIDITY;
         let cert = wrap(name, params.signed_by(&key, &self.issuer))?;
-        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -124,7 +147,10 @@ pub struct ServiceAccountKey {
 impl ServiceAccountKey {
     pub fn generate() -> Result<Self, PkiError> {
         let key = wrap("service-account", KeyPair::generate())?;
-        Ok(ServiceAccountKey { private_pem: key.serialize_pem(), public_pem: key.public_key_pem() })
+        Ok(ServiceAccountKey {
+            private_pem: key.serialize_pem(),
+            public_pem: key.public_key_pem(),
+        })
     }
 }
 
@@ -135,7 +161,9 @@ mod tests {
     #[test]
     fn issued_certificates_are_pem_and_differ_from_the_ca() {
         let ca = CertificateAuthority::new("ferrite-ca").expect("ca");
-        let leaf = ca.issue(&CertSpec::client("system:admin", &["system:masters"])).expect("leaf");
+        let leaf = ca
+            .issue(&CertSpec::client("system:admin", &["system:masters"]))
+            .expect("leaf");
         assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(leaf.key_pem.contains("PRIVATE KEY"));
         assert_ne!(leaf.cert_pem, ca.pair().cert_pem);
@@ -144,8 +172,11 @@ mod tests {
     #[test]
     fn serving_certificate_accepts_ip_and_dns_sans() {
         let ca = CertificateAuthority::new("ferrite-ca").expect("ca");
-        ca.issue(&CertSpec::server("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes.default.svc"]))
-            .expect("serving cert");
+        ca.issue(&CertSpec::server(
+            "kube-apiserver",
+            &["127.0.0.1", "localhost", "kubernetes.default.svc"],
+        ))
+        .expect("serving cert");
     }
 
     #[test]

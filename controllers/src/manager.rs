@@ -11,7 +11,8 @@ pub const IMPLEMENTED: &[&str] = &[];
 
 /// Runs the enabled controllers until the context's token is cancelled.
 pub async fn run(ctx: Context, enabled: BTreeSet<&'static str>) -> Result<(), String> {
-    let (implemented, missing): (Vec<&str>, Vec<&str>) = enabled.iter().partition(|n| IMPLEMENTED.contains(n));
+    let (implemented, missing): (Vec<&str>, Vec<&str>) =
+        enabled.iter().partition(|n| IMPLEMENTED.contains(n));
     if !missing.is_empty() {
         tracing::warn!(controllers = ?missing, "enabled controllers that Ferrite does not implement yet are not started");
     }

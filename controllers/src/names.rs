@@ -12,15 +12,25 @@ pub struct Descriptor {
 }
 
 const fn d(name: &'static str, aliases: &'static [&'static str]) -> Descriptor {
-    Descriptor { name, aliases, disabled_by_default: false }
+    Descriptor {
+        name,
+        aliases,
+        disabled_by_default: false,
+    }
 }
 
 pub const KNOWN: &[Descriptor] = &[
     d("serviceaccount-token-controller", &["serviceaccount-token"]),
     d("endpoints-controller", &["endpoint"]),
     d("endpointslice-controller", &["endpointslice"]),
-    d("endpointslice-mirroring-controller", &["endpointslicemirroring"]),
-    d("replicationcontroller-controller", &["replicationcontroller"]),
+    d(
+        "endpointslice-mirroring-controller",
+        &["endpointslicemirroring"],
+    ),
+    d(
+        "replicationcontroller-controller",
+        &["replicationcontroller"],
+    ),
     d("pod-garbage-collector-controller", &["podgc"]),
     d("resourcequota-controller", &["resourcequota"]),
     d("namespace-controller", &["namespace"]),
@@ -30,31 +40,75 @@ pub const KNOWN: &[Descriptor] = &[
     d("job-controller", &["job"]),
     d("deployment-controller", &["deployment"]),
     d("replicaset-controller", &["replicaset"]),
-    d("horizontal-pod-autoscaler-controller", &["horizontalpodautoscaling"]),
+    d(
+        "horizontal-pod-autoscaler-controller",
+        &["horizontalpodautoscaling"],
+    ),
     d("disruption-controller", &["disruption"]),
     d("statefulset-controller", &["statefulset"]),
     d("cronjob-controller", &["cronjob"]),
-    d("certificatesigningrequest-signing-controller", &["csrsigning"]),
-    d("certificatesigningrequest-approving-controller", &["csrapproving"]),
-    d("certificatesigningrequest-cleaner-controller", &["csrcleaner"]),
+    d(
+        "certificatesigningrequest-signing-controller",
+        &["csrsigning"],
+    ),
+    d(
+        "certificatesigningrequest-approving-controller",
+        &["csrapproving"],
+    ),
+    d(
+        "certificatesigningrequest-cleaner-controller",
+        &["csrcleaner"],
+    ),
     d("ttl-controller", &["ttl"]),
-    Descriptor { name: "bootstrap-signer-controller", aliases: &["bootstrapsigner"], disabled_by_default: true },
-    Descriptor { name: "token-cleaner-controller", aliases: &["tokencleaner"], disabled_by_default: true },
+    Descriptor {
+        name: "bootstrap-signer-controller",
+        aliases: &["bootstrapsigner"],
+        disabled_by_default: true,
+    },
+    Descriptor {
+        name: "token-cleaner-controller",
+        aliases: &["tokencleaner"],
+        disabled_by_default: true,
+    },
     d("node-ipam-controller", &["nodeipam"]),
     d("node-lifecycle-controller", &["nodelifecycle"]),
     d("taint-eviction-controller", &[]),
-    d("persistentvolume-binder-controller", &["persistentvolume-binder"]),
-    d("persistentvolume-attach-detach-controller", &["attachdetach"]),
-    d("persistentvolume-expander-controller", &["persistentvolume-expander"]),
-    d("clusterrole-aggregation-controller", &["clusterrole-aggregation"]),
-    d("persistentvolumeclaim-protection-controller", &["pvc-protection"]),
+    d(
+        "persistentvolume-binder-controller",
+        &["persistentvolume-binder"],
+    ),
+    d(
+        "persistentvolume-attach-detach-controller",
+        &["attachdetach"],
+    ),
+    d(
+        "persistentvolume-expander-controller",
+        &["persistentvolume-expander"],
+    ),
+    d(
+        "clusterrole-aggregation-controller",
+        &["clusterrole-aggregation"],
+    ),
+    d(
+        "persistentvolumeclaim-protection-controller",
+        &["pvc-protection"],
+    ),
     d("persistentvolume-protection-controller", &["pv-protection"]),
     d("ttl-after-finished-controller", &["ttl-after-finished"]),
-    d("root-ca-certificate-publisher-controller", &["root-ca-cert-publisher"]),
+    d(
+        "root-ca-certificate-publisher-controller",
+        &["root-ca-cert-publisher"],
+    ),
     d("ephemeral-volume-controller", &["ephemeral-volume"]),
-    d("storageversion-garbage-collector-controller", &["storage-version-gc"]),
+    d(
+        "storageversion-garbage-collector-controller",
+        &["storage-version-gc"],
+    ),
     d("resourceclaim-controller", &["resource-claim-controller"]),
-    d("legacy-serviceaccount-token-cleaner-controller", &["legacy-service-account-token-cleaner"]),
+    d(
+        "legacy-serviceaccount-token-cleaner-controller",
+        &["legacy-service-account-token-cleaner"],
+    ),
     d("validatingadmissionpolicy-status-controller", &[]),
     d("service-cidr-controller", &[]),
     d("storage-version-migrator-controller", &[]),
@@ -71,7 +125,10 @@ pub enum NamesError {
 
 /// The canonical name for a canonical name or alias.
 pub fn canonical(name: &str) -> Option<&'static str> {
-    KNOWN.iter().find(|d| d.name == name || d.aliases.contains(&name)).map(|d| d.name)
+    KNOWN
+        .iter()
+        .find(|d| d.name == name || d.aliases.contains(&name))
+        .map(|d| d.name)
 }
 
 /// Which controllers `--controllers` enables, as canonical names. `*` enables all that are on by
@@ -94,11 +151,9 @@ pub fn enabled(flag: &[String]) -> Result<BTreeSet<&'static str>, NamesError> {
     let star = entries.iter().any(|(_, n)| n.is_none());
     Ok(KNOWN
         .iter()
-        .filter(|d| {
-            match entries.iter().find(|(_, n)| *n == Some(d.name)) {
-                Some((on, _)) => *on,
-                None => star && !d.disabled_by_default,
-            }
+        .filter(|d| match entries.iter().find(|(_, n)| *n == Some(d.name)) {
+            Some((on, _)) => *on,
+            None => star && !d.disabled_by_default,
         })
         .map(|d| d.name)
         .collect())
@@ -131,7 +186,10 @@ mod tests {
     #[test]
     fn without_star_only_named_controllers_run() {
         let on = enabled(&flag("job,cronjob-controller")).expect("valid");
-        assert_eq!(on.into_iter().collect::<Vec<_>>(), vec!["cronjob-controller", "job-controller"]);
+        assert_eq!(
+            on.into_iter().collect::<Vec<_>>(),
+            vec!["cronjob-controller", "job-controller"]
+        );
     }
 
     #[test]
@@ -142,7 +200,13 @@ mod tests {
 
     #[test]
     fn unknown_names_are_a_clear_error() {
-        assert_eq!(enabled(&flag("*,-nosuch")), Err(NamesError::Unknown("-nosuch".into())));
-        assert_eq!(enabled(&flag("deploymnet")), Err(NamesError::Unknown("deploymnet".into())));
+        assert_eq!(
+            enabled(&flag("*,-nosuch")),
+            Err(NamesError::Unknown("-nosuch".into()))
+        );
+        assert_eq!(
+            enabled(&flag("deploymnet")),
+            Err(NamesError::Unknown("deploymnet".into()))
+        );
     }
 }

@@ -110,12 +110,19 @@ impl Bed {
         let started = Instant::now();
         let dir = opts.dir.clone();
         if dir.join("state.json").exists() {
-            bail!("a test bed already runs in {} (run `testbed down --dir {}` first)", dir.display(), dir.display());
+            bail!(
+                "a test bed already runs in {} (run `testbed down --dir {}` first)",
+                dir.display(),
+                dir.display()
+            );
         }
         for bin in ["etcd", "kube-apiserver", "kwok"] {
             let path = stock::binary(bin);
             if !path.is_file() {
-                bail!("{} is missing: run e2e/stock/build.sh first", path.display());
+                bail!(
+                    "{} is missing: run e2e/stock/build.sh first",
+                    path.display()
+                );
             }
         }
         std::fs::create_dir_all(dir.join("logs"))?;
@@ -126,7 +133,13 @@ impl Bed {
             etcd_peer_port: process::free_port()?,
             ..Default::default()
         };
-        let bed = Bed { dir, opts, mode, state: Mutex::new(state), procs: Mutex::new(Vec::new()) };
+        let bed = Bed {
+            dir,
+            opts,
+            mode,
+            state: Mutex::new(state),
+            procs: Mutex::new(Vec::new()),
+        };
         if let Err(e) = bed.start_all(started).await {
             bed.stop_all();
             return Err(e);
@@ -142,10 +155,15 @@ impl Bed {
         let client = self.client().await?;
         self.start_kwok()?;
         self.create_nodes(&client).await?;
-        self.wait_nodes_ready(&client, Duration::from_secs(120)).await?;
+        self.wait_nodes_ready(&client, Duration::from_secs(120))
+            .await?;
+        if self.opts.controller_manager != Component::Stock {
+            self.clear_not_ready_taints(&client).await?;
+        }
         tracing::info!(elapsed = ?started.elapsed(), nodes = self.opts.nodes, "nodes ready");
         if self.opts.controller_manager != Component::None {
-            self.start_controller_manager(self.opts.controller_manager, &client).await?;
+            self.start_controller_manager(self.opts.controller_manager, &client)
+                .await?;
         }
         if self.opts.scheduler != Component::None {
             self.start_scheduler(self.opts.scheduler, &client).await?;
@@ -157,7 +175,10 @@ impl Bed {
 
     fn save_state(&self) -> Result<()> {
         let state = self.state();
-        std::fs::write(self.dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
+        std::fs::write(
+            self.dir.join("state.json"),
+            serde_json::to_vec_pretty(&state)?,
+        )?;
         Ok(())
     }
 
@@ -177,7 +198,14 @@ impl Bed {
         self.write("pki/ca.key", &ca.pair().key_pem, true)?;
         let serving = ca.issue(&CertSpec::server(
             "kube-apiserver",
-            &["127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+            &[
+                "127.0.0.1",
+                "localhost",
+                "10.96.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
         ))?;
         self.write("pki/apiserver.crt", &serving.cert_pem, false)?;
         self.write("pki/apiserver.key", &serving.key_pem, true)?;
@@ -192,14 +220,21 @@ impl Bed {
         ];
         for (file, user, groups) in users {
             let pair: CertPair = ca.issue(&CertSpec::client(user, groups))?;
-            let text = kubeconfig::render(CLUSTER_NAME, &server, &ca.pair().cert_pem, user, Credentials::ClientCert(&pair));
+            let text = kubeconfig::render(
+                CLUSTER_NAME,
+                &server,
+                &ca.pair().cert_pem,
+                user,
+                Credentials::ClientCert(&pair),
+            );
             self.write(&format!("{file}.kubeconfig"), &text, true)?;
         }
         Ok(())
     }
 
     fn spawn(&self, name: &str, cmd: Command) -> Result<u32> {
-        let proc = process::spawn(name, cmd, &self.log(name), self.mode).with_context(|| format!("starting {name}"))?;
+        let proc = process::spawn(name, cmd, &self.log(name), self.mode)
+            .with_context(|| format!("starting {name}"))?;
         let pid = proc.pid;
         if let Ok(mut state) = self.state.lock() {
             state.pids.insert(name.to_string(), pid);
@@ -213,11 +248,17 @@ impl Bed {
 
     /// Fails fast with the log's tail when a process we wait for has died.
     fn check_running(&self, name: &str) -> Result<()> {
-        let mut procs = self.procs.lock().map_err(|_| anyhow!("process table poisoned"))?;
-        if let Some(p) = procs.iter_mut().find(|p| p.name == name) {
-            if !p.is_running() {
-                bail!("{name} exited during start-up; last log lines:\n{}", process::tail(&self.log(name), 30));
-            }
+        let mut procs = self
+            .procs
+            .lock()
+            .map_err(|_| anyhow!("process table poisoned"))?;
+        if let Some(p) = procs.iter_mut().find(|p| p.name == name)
+            && !p.is_running()
+        {
+            bail!(
+                "{name} exited during start-up; last log lines:\n{}",
+                process::tail(&self.log(name), 30)
+            );
         }
         Ok(())
     }
@@ -304,7 +345,11 @@ impl Bed {
     }
 
     fn save_state_if_running(&self) -> Result<()> {
-        if self.dir.join("state.json").exists() { self.save_state() } else { Ok(()) }
+        if self.dir.join("state.json").exists() {
+            self.save_state()
+        } else {
+            Ok(())
+        }
     }
 
     /// Stops the apiserver (SIGTERM), e.g. to test behaviour while it is unreachable.
@@ -312,18 +357,31 @@ impl Bed {
         self.stop_process("kube-apiserver", Duration::from_secs(20));
     }
 
+    /// Kills the apiserver outright (SIGKILL): unreachable from this instant, as in a crash.
+    pub fn kill_apiserver(&self) {
+        self.stop_process("kube-apiserver", Duration::ZERO);
+    }
+
     fn start_kwok(&self) -> Result<()> {
         let mut cmd = Command::new(stock::binary("kwok"));
         cmd.args([
             format!("--kubeconfig={}", self.kubeconfig().display()),
             "--manage-all-nodes=false".into(),
-            format!("--manage-nodes-with-annotation-selector={}={}", KWOK_ANNOTATION.0, KWOK_ANNOTATION.1),
+            format!(
+                "--manage-nodes-with-annotation-selector={}={}",
+                KWOK_ANNOTATION.0, KWOK_ANNOTATION.1
+            ),
             "--node-lease-duration-seconds=40".into(),
             // Room for every pod of a 100-node bed at 110 pods per node.
             "--cidr=10.128.0.0/14".into(),
             "--node-ip=10.127.0.1".into(),
         ]);
-        let mut stages = vec!["node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete"];
+        let mut stages = vec![
+            "node-initialize",
+            "node-heartbeat-with-lease",
+            "pod-ready",
+            "pod-delete",
+        ];
         if self.opts.complete_job_pods {
             stages.push("pod-complete");
         }
@@ -354,6 +412,43 @@ impl Bed {
         Ok(())
     }
 
+    /// The apiserver's TaintNodesByCondition admission taints every new node
+    /// `node.kubernetes.io/not-ready:NoSchedule`; kube-controller-manager's node-lifecycle
+    /// controller lifts it once the node is Ready. Ferrite has no node-lifecycle controller yet, so
+    /// without the stock controller manager the bed lifts it itself, or no pod could be scheduled.
+    async fn clear_not_ready_taints(&self, client: &kube::Client) -> Result<()> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let list = nodes.list(&ListParams::default()).await?;
+        futures::stream::iter(list.items)
+            .map(|node| {
+                let nodes = nodes.clone();
+                async move {
+                    let name = node.metadata.name.clone().unwrap_or_default();
+                    let taints: Vec<_> = node
+                        .spec
+                        .and_then(|s| s.taints)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|t| t.key != "node.kubernetes.io/not-ready")
+                        .collect();
+                    let patch = serde_json::json!({"spec": {"taints": taints}});
+                    nodes
+                        .patch(
+                            &name,
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(&patch),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| anyhow!("untainting node {name}: {e}"))
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
     pub async fn wait_nodes_ready(&self, client: &kube::Client, timeout: Duration) -> Result<()> {
         let want = self.opts.nodes as usize;
         let nodes: Api<Node> = Api::all(client.clone());
@@ -370,7 +465,10 @@ impl Bed {
 
     /// The flags both the stock and the Ferrite controller manager get on the bed.
     pub fn controller_manager_args(&self, component: Component, port: u16) -> Vec<String> {
-        let kc = self.path("controller-manager.kubeconfig").display().to_string();
+        let kc = self
+            .path("controller-manager.kubeconfig")
+            .display()
+            .to_string();
         let pki = |f: &str| self.dir.join("pki").join(f).display().to_string();
         let mut args = vec![
             format!("--kubeconfig={kc}"),
@@ -409,7 +507,11 @@ impl Bed {
         args
     }
 
-    async fn start_controller_manager(&self, component: Component, client: &kube::Client) -> Result<()> {
+    async fn start_controller_manager(
+        &self,
+        component: Component,
+        client: &kube::Client,
+    ) -> Result<()> {
         let port = process::free_port()?;
         let mut cmd = match component {
             Component::Stock => Command::new(stock::binary("kube-controller-manager")),
@@ -423,9 +525,14 @@ impl Bed {
         if let Ok(mut s) = self.state.lock() {
             s.controller_manager_port = Some(port);
         }
-        let lease = if component == Component::Stock { "kube-controller-manager" } else { "ferrite-controller-manager" };
+        let lease = if component == Component::Stock {
+            "kube-controller-manager"
+        } else {
+            "ferrite-controller-manager"
+        };
         self.spawn("controller-manager", cmd)?;
-        self.wait_lease_held("controller-manager", client, lease).await
+        self.wait_lease_held("controller-manager", client, lease)
+            .await
     }
 
     async fn start_scheduler(&self, component: Component, client: &kube::Client) -> Result<()> {
@@ -442,12 +549,21 @@ impl Bed {
         if let Ok(mut s) = self.state.lock() {
             s.scheduler_port = Some(port);
         }
-        let lease = if component == Component::Stock { "kube-scheduler" } else { "ferrite-scheduler" };
+        let lease = if component == Component::Stock {
+            "kube-scheduler"
+        } else {
+            "ferrite-scheduler"
+        };
         self.spawn("scheduler", cmd)?;
         self.wait_lease_held("scheduler", client, lease).await
     }
 
-    async fn wait_lease_held(&self, proc_name: &str, client: &kube::Client, lease: &str) -> Result<()> {
+    async fn wait_lease_held(
+        &self,
+        proc_name: &str,
+        client: &kube::Client,
+        lease: &str,
+    ) -> Result<()> {
         let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
         self.wait_for(proc_name, Duration::from_secs(60), || {
             let leases = leases.clone();
@@ -485,7 +601,9 @@ impl Bed {
 
     /// Stops one process by name (SIGTERM, then SIGKILL after `grace`).
     pub fn stop_process(&self, name: &str, grace: Duration) {
-        let Ok(mut procs) = self.procs.lock() else { return };
+        let Ok(mut procs) = self.procs.lock() else {
+            return;
+        };
         if let Some(pos) = procs.iter().position(|p| p.name == name) {
             let mut p = procs.remove(pos);
             p.stop(grace);
@@ -497,10 +615,20 @@ impl Bed {
 
     /// Stops every process, the components first and etcd last.
     pub fn stop_all(&self) {
-        for name in ["scheduler", "controller-manager", "kwok", "kube-apiserver", "etcd"] {
+        for name in [
+            "scheduler",
+            "controller-manager",
+            "kwok",
+            "kube-apiserver",
+            "etcd",
+        ] {
             self.stop_process(name, Duration::from_secs(10));
         }
-        let rest: Vec<String> = self.procs.lock().map(|p| p.iter().map(|p| p.name.clone()).collect()).unwrap_or_default();
+        let rest: Vec<String> = self
+            .procs
+            .lock()
+            .map(|p| p.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default();
         for name in rest {
             self.stop_process(&name, Duration::from_secs(10));
         }
@@ -512,6 +640,37 @@ impl Bed {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
+    /// Starts `ferrite <component>` (scheduler or controller-manager) as process `proc_name` with
+    /// the bed's credentials, a free secure port and `extra` flags; returns the port.
+    pub fn start_ferrite(&self, proc_name: &str, component: &str, extra: &[&str]) -> Result<u16> {
+        let port = process::free_port()?;
+        let mut cmd = Command::new(stock::ferrite_binary());
+        cmd.arg(component);
+        let base = if component == "scheduler" {
+            self.scheduler_args(Component::None, port)
+        } else {
+            self.controller_manager_args(Component::None, port)
+        };
+        // Later flags win in clap only for single-valued flags; keep the bed's defaults first.
+        cmd.args(base).args(extra);
+        self.spawn(proc_name, cmd)?;
+        Ok(port)
+    }
+
+    /// Starts a stock component (`kube-scheduler` or `kube-controller-manager`) the same way.
+    pub fn start_stock(&self, proc_name: &str, binary: &str, extra: &[&str]) -> Result<u16> {
+        let port = process::free_port()?;
+        let mut cmd = Command::new(stock::binary(binary));
+        let base = if binary == "kube-scheduler" {
+            self.scheduler_args(Component::Stock, port)
+        } else {
+            self.controller_manager_args(Component::Stock, port)
+        };
+        cmd.args(base).args(extra);
+        self.spawn(proc_name, cmd)?;
+        Ok(port)
+    }
+
     /// Adopts a process the caller started (e.g. a Ferrite candidate in a test) so `stop_all`
     /// and process exit stop it too.
     pub fn spawn_named(&self, name: &str, cmd: Command) -> Result<u32> {
@@ -520,8 +679,14 @@ impl Bed {
 
     /// Sends `sig` to a named process; returns false when there is none.
     pub fn signal(&self, name: &str, sig: i32) -> bool {
-        let Ok(procs) = self.procs.lock() else { return false };
-        procs.iter().find(|p| p.name == name).map(|p| p.signal(sig)).is_some()
+        let Ok(procs) = self.procs.lock() else {
+            return false;
+        };
+        procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.signal(sig))
+            .is_some()
     }
 
     /// Exit code of a named process that has ended.
@@ -531,8 +696,14 @@ impl Bed {
     }
 
     pub fn is_running(&self, name: &str) -> bool {
-        let Ok(mut procs) = self.procs.lock() else { return false };
-        procs.iter_mut().find(|p| p.name == name).map(|p| p.is_running()).unwrap_or(false)
+        let Ok(mut procs) = self.procs.lock() else {
+            return false;
+        };
+        procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .map(|p| p.is_running())
+            .unwrap_or(false)
     }
 }
 
@@ -540,8 +711,15 @@ impl Bed {
 pub fn down_dir(dir: &Path) -> Result<()> {
     let state_file = dir.join("state.json");
     if let Ok(bytes) = std::fs::read(&state_file) {
-        let state: BedState = serde_json::from_slice(&bytes).context("reading the bed's state.json")?;
-        let order = ["scheduler", "controller-manager", "kwok", "kube-apiserver", "etcd"];
+        let state: BedState =
+            serde_json::from_slice(&bytes).context("reading the bed's state.json")?;
+        let order = [
+            "scheduler",
+            "controller-manager",
+            "kwok",
+            "kube-apiserver",
+            "etcd",
+        ];
         let mut names: Vec<&String> = state.pids.keys().collect();
         names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(0));
         for name in names {
@@ -566,7 +744,9 @@ fn is_bed_process(pid: u32, dir: &Path) -> bool {
 
 pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
     Ok(kube::Client::try_from(config)?)
 }
 

@@ -46,7 +46,9 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
 /// Starts `cmd` with stdout and stderr appended to `log`.
 pub fn spawn(name: &str, mut cmd: Command, log: &Path, mode: Mode) -> std::io::Result<Proc> {
     let out = File::options().create(true).append(true).open(log)?;
-    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     let child = match mode {
         Mode::Attached => {
             // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
@@ -64,7 +66,9 @@ pub fn spawn(name: &str, mut cmd: Command, log: &Path, mode: Mode) -> std::io::R
                 .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
                 .send((cmd, reply_tx))
                 .map_err(|_| std::io::Error::other("spawner thread gone"))?;
-            reply_rx.recv().map_err(|_| std::io::Error::other("spawner thread gone"))??
+            reply_rx
+                .recv()
+                .map_err(|_| std::io::Error::other("spawner thread gone"))??
         }
         Mode::Detached => {
             // SAFETY: setsid is async-signal-safe.
@@ -83,13 +87,21 @@ pub fn spawn(name: &str, mut cmd: Command, log: &Path, mode: Mode) -> std::io::R
     if mode == Mode::Attached {
         register_for_exit(pid);
     }
-    Ok(Proc { name: name.to_string(), pid, child: Some(child) })
+    Ok(Proc {
+        name: name.to_string(),
+        pid,
+        child: Some(child),
+    })
 }
 
 impl Proc {
     /// A process known only by pid (from a detached bed's state file).
     pub fn from_pid(name: &str, pid: u32) -> Proc {
-        Proc { name: name.to_string(), pid, child: None }
+        Proc {
+            name: name.to_string(),
+            pid,
+            child: None,
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -103,7 +115,9 @@ impl Proc {
     pub fn try_exit_code(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
         match child.try_wait() {
-            Ok(Some(status)) => Some(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0))),
+            Ok(Some(status)) => Some(status.code().unwrap_or(
+                128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
+            )),
             _ => None,
         }
     }
@@ -117,6 +131,9 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL after `grace`; waits until the process is gone.
     pub fn stop(&mut self, grace: Duration) {
+        if grace.is_zero() {
+            return self.kill();
+        }
         self.signal(libc::SIGTERM);
         if !self.wait_gone(grace) {
             self.signal(libc::SIGKILL);
@@ -152,7 +169,13 @@ pub fn alive(pid: u32) -> bool {
     }
     // A zombie still "exists"; it is gone for our purposes.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 

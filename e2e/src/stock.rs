@@ -17,7 +17,9 @@ pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("FERRITE_CACHE") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("ferrite")
 }
 
@@ -41,7 +43,9 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// kwok's own stage files, copied next to the kwok binary by build.sh.
 pub fn kwok_stage(name: &str) -> PathBuf {
-    component_dir("kwok", "KWOK_VERSION").join("stages").join(format!("{name}.yaml"))
+    component_dir("kwok", "KWOK_VERSION")
+        .join("stages")
+        .join(format!("{name}.yaml"))
 }
 
 /// The `ferrite` binary under test: `$FERRITE_BIN`, else the one cargo built next to this
@@ -66,7 +70,12 @@ mod tests {
 
     #[test]
     fn versions_file_pins_every_component() {
-        for key in ["KUBERNETES_VERSION", "ETCD_VERSION", "KWOK_VERSION", "HELM_VERSION"] {
+        for key in [
+            "KUBERNETES_VERSION",
+            "ETCD_VERSION",
+            "KWOK_VERSION",
+            "HELM_VERSION",
+        ] {
             let v = version(key).unwrap_or_default();
             assert!(v.starts_with('v'), "{key} pinned as {v:?}");
         }
@@ -76,6 +85,10 @@ mod tests {
     fn kubernetes_binaries_live_under_the_pinned_kubernetes_version() {
         let path = binary("kube-apiserver");
         let kube = version("KUBERNETES_VERSION").unwrap_or_default();
-        assert!(path.to_string_lossy().contains(&format!("kubernetes-{kube}")), "{path:?}");
+        assert!(
+            path.to_string_lossy()
+                .contains(&format!("kubernetes-{kube}")),
+            "{path:?}"
+        );
     }
 }

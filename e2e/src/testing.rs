@@ -42,7 +42,9 @@ impl PrivateBed {
         init_logging();
         let dir = fresh_dir("private");
         process::remove_at_exit(&dir);
-        Ok(PrivateBed(Some(Bed::up(configure(BedOptions::new(dir)), Mode::Attached).await?)))
+        Ok(PrivateBed(Some(
+            Bed::up(configure(BedOptions::new(dir)), Mode::Attached).await?,
+        )))
     }
 }
 
@@ -50,7 +52,9 @@ impl std::ops::Deref for PrivateBed {
     type Target = Bed;
     fn deref(&self) -> &Bed {
         // Only `Drop` takes the bed out.
-        self.0.as_ref().unwrap_or_else(|| unreachable!("bed taken before drop"))
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("bed taken before drop"))
     }
 }
 
@@ -72,11 +76,19 @@ fn fresh_dir(kind: &str) -> PathBuf {
 
 /// Beds of test processes that were killed before their exit hook ran.
 fn remove_stale_dirs(root: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix("ferrite-bed-") else { continue };
-        let pid: u32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let Some(rest) = name.strip_prefix("ferrite-bed-") else {
+            continue;
+        };
+        let pid: u32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if pid != 0 && !process::alive(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -89,12 +101,19 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> Result<String> {
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
     }))?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
     Ok(name)
 }
 
 /// Polls `probe` every `every` until it returns Some, or fails after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> Result<T>
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -111,10 +130,78 @@ where
     }
 }
 
+/// A bearer token for a service account allowed to `get` the non-resource URL `/metrics` (as a
+/// Prometheus scraper is), made in namespace `ns`.
+pub async fn metrics_reader_token(client: &kube::Client, ns: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let pp = PostParams::default();
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "metrics-reader"}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&pp, &sa)
+        .await?;
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{ns}-metrics-reader")},
+        "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+    }))?;
+    Api::<ClusterRole>::all(client.clone())
+        .create(&pp, &role)
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{ns}-metrics-reader")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-metrics-reader")},
+        "subjects": [{"kind": "ServiceAccount", "name": "metrics-reader", "namespace": ns}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&pp, &binding)
+        .await?;
+    service_account_token(client, ns, "metrics-reader").await
+}
+
+/// A token for service account `ns/name` (TokenRequest, as `kubectl create token` does).
+pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let body: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}
+    }))?;
+    let tr: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_subresource("token", name, &PostParams::default(), &body)
+        .await?;
+    Ok(tr.status.and_then(|s| s.token).unwrap_or_default())
+}
+
+/// GETs `https://127.0.0.1:<port><path>` on a component's secure port (self-signed, so the
+/// certificate is not verified), with an optional bearer token. Returns status and body.
+pub async fn get_secure(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut req = http.get(format!("https://127.0.0.1:{port}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
+}
+
+/// `leader_election_master_status{name="<lease>"}` from a metrics text: Some(true) when leading.
+pub fn master_status(metrics: &str, lease: &str) -> Option<bool> {
+    let prefix = format!("leader_election_master_status{{name=\"{lease}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim() == "1")
+}
+
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
         )
         .with_test_writer()
         .try_init();

@@ -3,6 +3,7 @@
 #   ${FERRITE_CACHE:-~/.cache/ferrite}/<component>-<version>/bin/
 # Idempotent: a binary that is present and reports the pinned version is not rebuilt.
 # Usage: e2e/stock/build.sh [kubernetes|etcd|kwok|helm|containerd ...]   (default: all but containerd)
+#        e2e/stock/build.sh --print-bin kubectl                             (path only)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -11,6 +12,13 @@ cache=${FERRITE_CACHE:-$HOME/.cache/ferrite}
 export GOTOOLCHAIN=local GOFLAGS=-trimpath CGO_ENABLED=0
 
 log() { printf '[stock] %s\n' "$*" >&2; }
+
+# Runs a command with its chatter kept in a log; shows the log only when it fails.
+quiet() {
+  local out; out=$(mktemp)
+  if ! "$@" >"$out" 2>&1; then cat "$out" >&2; rm -f "$out"; return 1; fi
+  rm -f "$out"
+}
 
 # A throwaway wrapper module: `go build` of a module that has replace directives of its own only
 # works from a main module that states them again.
@@ -32,12 +40,12 @@ build_kubernetes() {
     go mod edit -require="k8s.io/kubernetes@$v"
     # k8s.io/kubernetes replaces every staging module with ./staging/src/k8s.io/<name>; point each at
     # the matching published v0.<minor>.<patch> tag instead.
-    local gomod; gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+    local gomod; gomod=$(go mod download -json "k8s.io/kubernetes@$v" 2>/dev/null | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
     grep -oE 'k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u | while read -r m; do
       go mod edit -replace="$m=$m@v0.${v#v1.}"
     done
     local pkgs=(); for b in "${bins[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b@$v"); done
-    go get "${pkgs[@]}"
+    quiet go get "${pkgs[@]}"
     local pkgv=k8s.io/component-base/version
     local ld="-s -w -X $pkgv.gitVersion=$v -X $pkgv.gitMajor=1 -X $pkgv.gitMinor=$minor -X $pkgv.gitTreeState=clean -X $pkgv.buildDate=1970-01-01T00:00:00Z"
     ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
@@ -67,7 +75,7 @@ go_tool() {
   (
     cd "$w"
     go mod edit -require="$mod@$v"
-    go get "$pkg@$v"
+    quiet go get "$pkg@$v"
     mkdir -p "$dir/bin"
     go build -ldflags "-s -w ${LDX:-}" -o "$dir/bin/$bin" "$pkg"
   )
@@ -91,6 +99,18 @@ build_helm() { LDX="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" g
 build_containerd() {
   go_tool containerd "$CONTAINERD_VERSION" github.com/containerd/containerd/v2 github.com/containerd/containerd/v2/cmd/containerd containerd --version
 }
+
+# --print-bin NAME: where a stock binary lives (nothing is built).
+if [ "${1:-}" = --print-bin ]; then
+  case ${2:?name} in
+    etcd) echo "$cache/etcd-$ETCD_VERSION/bin/etcd" ;;
+    kwok) echo "$cache/kwok-$KWOK_VERSION/bin/kwok" ;;
+    helm) echo "$cache/helm-$HELM_VERSION/bin/helm" ;;
+    containerd) echo "$cache/containerd-$CONTAINERD_VERSION/bin/containerd" ;;
+    *) echo "$cache/kubernetes-$KUBERNETES_VERSION/bin/$2" ;;
+  esac
+  exit 0
+fi
 
 what=("$@"); [ ${#what[@]} -gt 0 ] || what=(kubernetes etcd kwok helm)
 start=$(date +%s)

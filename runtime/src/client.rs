@@ -35,7 +35,10 @@ pub struct ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
     #[error("no --kubeconfig given and no in-cluster configuration: {0}")]
     InCluster(kube::config::InClusterError),
     #[error("--master {0:?} is not a valid URL")]
@@ -47,24 +50,42 @@ pub enum ClientError {
 impl ClientOptions {
     /// Builds the client with `user_agent` and the given defaults for QPS/burst
     /// (controller manager 20/30, scheduler 50/100, as upstream).
-    pub async fn build(&self, user_agent: &str, default_qps: f32, default_burst: u32) -> Result<kube::Client, ClientError> {
+    pub async fn build(
+        &self,
+        user_agent: &str,
+        default_qps: f32,
+        default_burst: u32,
+    ) -> Result<kube::Client, ClientError> {
         let mut config = match &self.kubeconfig {
             Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|source| ClientError::Kubeconfig { path: path.clone(), source })?;
-                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                    .await
-                    .map_err(|source| ClientError::Kubeconfig { path: path.clone(), source })?
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                    ClientError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                kube::Config::from_custom_kubeconfig(
+                    kc,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|source| ClientError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
             }
             // Upstream (clientcmd.BuildConfigFromFlags) falls back to in-cluster config.
             None => kube::Config::incluster().map_err(ClientError::InCluster)?,
         };
         if let Some(master) = &self.master {
-            config.cluster_url = master.parse().map_err(|_| ClientError::Master(master.clone()))?;
+            config.cluster_url = master
+                .parse()
+                .map_err(|_| ClientError::Master(master.clone()))?;
         }
         config.headers.push((
             http::header::USER_AGENT,
-            http::HeaderValue::from_str(user_agent).unwrap_or(http::HeaderValue::from_static("ferrite")),
+            http::HeaderValue::from_str(user_agent)
+                .unwrap_or(http::HeaderValue::from_static("ferrite")),
         ));
         let qps = self.kube_api_qps.unwrap_or(default_qps);
         let burst = self.kube_api_burst.unwrap_or(default_burst);
@@ -85,19 +106,26 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     pub fn new(qps: f32, burst: u32) -> Option<Self> {
-        if !(qps > 0.0) {
+        if qps.is_nan() || qps <= 0.0 {
             return None;
         }
         let period = std::time::Duration::from_secs_f64(1.0 / f64::from(qps));
         let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
-        Some(RateLimitLayer { limiter: Arc::new(RateLimiter::direct(quota)) })
+        Some(RateLimitLayer {
+            limiter: Arc::new(RateLimiter::direct(quota)),
+        })
     }
 }
 
 impl<S> tower::Layer<S> for RateLimitLayer {
     type Service = RateLimited<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimited { inner, limiter: self.limiter.clone(), wait: None, permitted: false }
+        RateLimited {
+            inner,
+            limiter: self.limiter.clone(),
+            wait: None,
+            permitted: false,
+        }
     }
 }
 
@@ -165,11 +193,24 @@ mod tests {
         let mut svc = layer.layer(Echo);
         let start = Instant::now();
         for i in 0..5 {
-            svc.ready().await.expect("ready").call(i).await.expect("call");
+            svc.ready()
+                .await
+                .expect("ready")
+                .call(i)
+                .await
+                .expect("call");
         }
-        assert!(start.elapsed() < Duration::from_millis(40), "burst of 5 went through at once");
+        assert!(
+            start.elapsed() < Duration::from_millis(40),
+            "burst of 5 went through at once"
+        );
         for i in 0..4 {
-            svc.ready().await.expect("ready").call(i).await.expect("call");
+            svc.ready()
+                .await
+                .expect("ready")
+                .call(i)
+                .await
+                .expect("call");
         }
         // 4 more tokens at 20 qps take about 200 ms.
         let took = start.elapsed();

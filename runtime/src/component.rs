@@ -76,11 +76,24 @@ where
     let metrics = LeaderElectionMetrics::register_shared(&registry);
     if config.leader_elect {
         let adaptor = config.healthz.clone();
-        health.add_check(leader_election::HealthzAdaptor::NAME, Arc::new(move || adaptor.health_check()));
+        health.add_check(
+            leader_election::HealthzAdaptor::NAME,
+            Arc::new(move || adaptor.health_check()),
+        );
     }
     let mut serving = opts.serving.clone();
-    serving.cert_pair_name.get_or_insert_with(|| spec.cert_pair_name.to_string());
-    let server = match SecureServer::bind(&serving, spec.secure_port, client.clone(), registry.clone(), health.clone()).await {
+    serving
+        .cert_pair_name
+        .get_or_insert_with(|| spec.cert_pair_name.to_string());
+    let server = match SecureServer::bind(
+        &serving,
+        spec.secure_port,
+        client.clone(),
+        registry.clone(),
+        health.clone(),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ferrite {}: {e}", spec.name);
@@ -105,7 +118,8 @@ where
     let work_health = health.clone();
     let result = leader_election::run(client, config, metrics, shutdown, move |token| async move {
         let informers = InformerFactory::new(work_client.clone());
-        let events = EventRecorder::with_shutdown(work_client.clone(), spec_component_name(), events_token);
+        let events =
+            EventRecorder::with_shutdown(work_client.clone(), spec_component_name(), events_token);
         let ctx = Context {
             client: work_client,
             registry: work_registry,
@@ -156,8 +170,11 @@ pub fn init_logging(verbosity: u8) {
         3..=4 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},kube_client=warn,hyper=warn,rustls=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default},kube_client=warn,hyper=warn,rustls=warn"
+        ))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

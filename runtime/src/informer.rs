@@ -15,11 +15,11 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
+use kube::Resource;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-use kube::Resource;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,17 @@ pub enum Change<'a, K> {
 
 type Handler<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
 
-pub trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
-impl<K> Watched for K where K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
+/// During a relist: the keys listed so far and the objects in list order.
+type Relist<K> = (HashSet<ObjectRef<K>>, Vec<Arc<K>>);
+
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
 
 struct Shared<K: Watched> {
     store: Store<K>,
@@ -48,7 +57,9 @@ pub struct Informer<K: Watched> {
 
 impl<K: Watched> Clone for Informer<K> {
     fn clone(&self) -> Self {
-        Informer { shared: self.shared.clone() }
+        Informer {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -107,7 +118,7 @@ where
         let config = watcher::Config::default().any_semantic();
         let mut stream = watcher::watcher(api, config).default_backoff().boxed();
         // Keys seen during a relist, to report what vanished while we were not watching.
-        let mut relist: Option<(HashSet<ObjectRef<K>>, Vec<Arc<K>>)> = None;
+        let mut relist: Option<Relist<K>> = None;
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -147,10 +158,15 @@ where
                     let before = self.shared.store.state();
                     writer.apply_watcher_event(&event);
                     if let Some((seen, applied)) = relist.take() {
-                        let old: HashMap<ObjectRef<K>, Arc<K>> =
-                            before.into_iter().map(|o| (ObjectRef::from_obj(o.as_ref()), o)).collect();
+                        let old: HashMap<ObjectRef<K>, Arc<K>> = before
+                            .into_iter()
+                            .map(|o| (ObjectRef::from_obj(o.as_ref()), o))
+                            .collect();
                         for new in &applied {
-                            self.notify_upsert(old.get(&ObjectRef::from_obj(new.as_ref())).cloned(), new);
+                            self.notify_upsert(
+                                old.get(&ObjectRef::from_obj(new.as_ref())).cloned(),
+                                new,
+                            );
                         }
                         for (key, gone) in &old {
                             if !seen.contains(key) {
@@ -166,14 +182,17 @@ where
     fn notify_upsert(&self, old: Option<Arc<K>>, new: &Arc<K>) {
         match old {
             // A relist re-delivers unchanged objects; handlers only care about real changes.
-            Some(old) if old.meta().resource_version.is_some() && old.meta().resource_version == new.meta().resource_version => {}
+            Some(old)
+                if old.meta().resource_version.is_some()
+                    && old.meta().resource_version == new.meta().resource_version => {}
             Some(old) => self.dispatch(Change::Updated { old: &old, new }),
             None => self.dispatch(Change::Added(new)),
         }
     }
 }
 
-type StartFn = Box<dyn FnOnce(kube::Client, CancellationToken) -> tokio::task::JoinHandle<()> + Send>;
+type StartFn =
+    Box<dyn FnOnce(kube::Client, CancellationToken) -> tokio::task::JoinHandle<()> + Send>;
 
 /// One informer per resource type per process.
 pub struct InformerFactory {
@@ -191,7 +210,10 @@ struct FactoryState {
 
 impl InformerFactory {
     pub fn new(client: kube::Client) -> Arc<Self> {
-        Arc::new(InformerFactory { client, inner: Mutex::new(FactoryState::default()) })
+        Arc::new(InformerFactory {
+            client,
+            inner: Mutex::new(FactoryState::default()),
+        })
     }
 
     /// The cluster-wide informer for `K`, created on first request. After `start`, new informers
@@ -201,25 +223,32 @@ impl InformerFactory {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        if let Some(existing) = state.informers.get(&TypeId::of::<K>()) {
-            if let Some(inf) = existing.downcast_ref::<Informer<K>>() {
-                return inf.clone();
-            }
+        if let Some(inf) = state
+            .informers
+            .get(&TypeId::of::<K>())
+            .and_then(|existing| existing.downcast_ref::<Informer<K>>())
+        {
+            return inf.clone();
         }
         let (store, writer) = reflector::store::<K>();
         let informer = Informer {
-            shared: Arc::new(Shared { store, writer: Mutex::new(Some(writer)), handlers: RwLock::new(Vec::new()) }),
+            shared: Arc::new(Shared {
+                store,
+                writer: Mutex::new(Some(writer)),
+                handlers: RwLock::new(Vec::new()),
+            }),
         };
-        state.informers.insert(TypeId::of::<K>(), Box::new(informer.clone()));
+        state
+            .informers
+            .insert(TypeId::of::<K>(), Box::new(informer.clone()));
         let for_sync = informer.clone();
         state.syncs.push(Box::new(move || {
             let i = for_sync.clone();
             Box::pin(async move { i.wait_synced().await })
         }));
         let to_start = informer.clone();
-        let start: StartFn = Box::new(move |client, token| {
-            tokio::spawn(to_start.run(Api::<K>::all(client), token))
-        });
+        let start: StartFn =
+            Box::new(move |client, token| tokio::spawn(to_start.run(Api::<K>::all(client), token)));
         match state.started.clone() {
             Some(token) => {
                 start(self.client.clone(), token);

@@ -17,12 +17,38 @@
 //!
 //! The decision itself ([`observe`], [`decide`], [`release_record`]) is pure and unit-tested with
 //! injected times; [`run`] is the shell that performs the API calls.
+//!
+//! ```no_run
+//! # use ferrite_runtime::{leader_election, metrics::SharedRegistry};
+//! # async fn example(
+//! #     client: kube::Client,
+//! #     registry: SharedRegistry,
+//! #     shutdown: tokio_util::sync::CancellationToken,
+//! # ) -> Result<(), leader_election::LeaderElectionError> {
+//! use leader_election::{HealthzAdaptor, LeaderElectionMetrics, LeaderElectionOptions};
+//! // Normally `#[command(flatten)]` in the component's clap arguments.
+//! let options = LeaderElectionOptions::default();
+//! let config = options.into_config("ferrite-scheduler")?;
+//! // Served as `/healthz/leaderElection`.
+//! let health: HealthzAdaptor = config.healthz.clone();
+//! let metrics = LeaderElectionMetrics::register_shared(&registry);
+//! leader_election::run(client, config, metrics, shutdown, |token| async move {
+//!     // The component's work, until `token` is cancelled.
+//!     token.cancelled().await;
+//! })
+//! .await?;
+//! # let _ = health.health_check();
+//! # Ok(())
+//! # }
+//! ```
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
+
+use crate::flags::{parse_duration_flag, parse_go_bool};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -326,161 +352,6 @@ impl LeaderElectionConfig {
 pub fn default_identity() -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     format!("{host}_{}", uuid::Uuid::new_v4())
-}
-
-/// strconv.ParseBool, which pflag uses for bool flags.
-fn parse_go_bool(value: &str) -> Result<bool, String> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("invalid boolean value {value:?}")),
-    }
-}
-
-/// A duration flag: Go syntax; negative values are refused here because `std::time::Duration`
-/// cannot hold them (upstream refuses them later, in validation, with the same meaning).
-fn parse_duration_flag(value: &str) -> Result<Duration, String> {
-    let nanos = parse_go_duration(value).map_err(|e| e.to_string())?;
-    u64::try_from(nanos)
-        .map(Duration::from_nanos)
-        .map_err(|_| format!("must be greater than zero, got {value:?}"))
-}
-
-/// Why a Go duration string was refused; the messages are Go's.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GoDurationError {
-    #[error("time: invalid duration {0:?}")]
-    Invalid(String),
-    #[error("time: missing unit in duration {0:?}")]
-    MissingUnit(String),
-    #[error("time: unknown unit {unit:?} in duration {input:?}")]
-    UnknownUnit { unit: String, input: String },
-}
-
-/// Go's `time.ParseDuration` (src/time/format.go), returning signed nanoseconds: a possibly
-/// signed sequence of decimal numbers, each with an optional fraction and a unit suffix
-/// (`ns`, `us`/`µs`/`μs`, `ms`, `s`, `m`, `h`), such as "300ms", "-1.5h" or "2h45m"; "0" alone
-/// needs no unit.
-///
-/// Hand-written because no crate checked has Go's exact behaviour: `go-parse-duration` panics on
-/// "µs" (mixes char and byte indices) and misplaces its overflow bound (`1 << 63 - 1` is `1 << 62`
-/// in Rust); `go-duration` rejects "0"; kube-core's `Duration` accepts "" and lets `f64`
-/// arithmetic round the total. This follows Go's algorithm step by step, including the `f64`
-/// fraction and the overflow checks.
-pub fn parse_go_duration(input: &str) -> Result<i64, GoDurationError> {
-    const NANOS_LIMIT: u64 = 1 << 63;
-    let invalid = || GoDurationError::Invalid(input.to_owned());
-
-    let mut s = input.as_bytes();
-    let mut total: u64 = 0;
-    let mut negative = false;
-    if let Some(&sign @ (b'-' | b'+')) = s.first() {
-        negative = sign == b'-';
-        s = &s[1..];
-    }
-    if s == b"0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    while !s.is_empty() {
-        if !(s[0] == b'.' || s[0].is_ascii_digit()) {
-            return Err(invalid());
-        }
-        // The integer part: [0-9]*
-        let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
-        let mut value: u64 = 0;
-        for &c in &s[..digits] {
-            if value > NANOS_LIMIT / 10 {
-                return Err(invalid());
-            }
-            value = value * 10 + u64::from(c - b'0');
-            if value > NANOS_LIMIT {
-                return Err(invalid());
-            }
-        }
-        s = &s[digits..];
-        let pre = digits > 0;
-
-        // The fraction: (\.[0-9]*)? — it only loses precision on overflow, never fails.
-        let mut fraction: u64 = 0;
-        let mut scale: f64 = 1.0;
-        let mut post = false;
-        if s.first() == Some(&b'.') {
-            s = &s[1..];
-            let digits = s.iter().take_while(|c| c.is_ascii_digit()).count();
-            let mut overflow = false;
-            for &c in &s[..digits] {
-                if overflow {
-                    continue;
-                }
-                if fraction > (NANOS_LIMIT - 1) / 10 {
-                    overflow = true;
-                    continue;
-                }
-                let next = fraction * 10 + u64::from(c - b'0');
-                if next > NANOS_LIMIT {
-                    overflow = true;
-                    continue;
-                }
-                fraction = next;
-                scale *= 10.0;
-            }
-            s = &s[digits..];
-            post = digits > 0;
-        }
-        if !pre && !post {
-            return Err(invalid());
-        }
-
-        // The unit: everything up to the next digit or '.'.
-        let unit_len = s
-            .iter()
-            .take_while(|&&c| c != b'.' && !c.is_ascii_digit())
-            .count();
-        if unit_len == 0 {
-            return Err(GoDurationError::MissingUnit(input.to_owned()));
-        }
-        let unit_bytes = &s[..unit_len];
-        s = &s[unit_len..];
-        let unit: u64 = match unit_bytes {
-            b"ns" => 1,
-            b"us" => 1_000,
-            // U+00B5 micro sign and U+03BC Greek small letter mu, both accepted by Go.
-            b"\xC2\xB5s" | b"\xCE\xBCs" => 1_000,
-            b"ms" => 1_000_000,
-            b"s" => 1_000_000_000,
-            b"m" => 60_000_000_000,
-            b"h" => 3_600_000_000_000,
-            _ => {
-                return Err(GoDurationError::UnknownUnit {
-                    unit: String::from_utf8_lossy(unit_bytes).into_owned(),
-                    input: input.to_owned(),
-                });
-            }
-        };
-        if value > NANOS_LIMIT / unit {
-            return Err(invalid());
-        }
-        value *= unit;
-        if fraction > 0 {
-            // As Go: f64 keeps nanosecond accuracy for fractions of hours; `as` truncates.
-            value += (fraction as f64 * (unit as f64 / scale)) as u64;
-            if value > NANOS_LIMIT {
-                return Err(invalid());
-            }
-        }
-        total += value;
-        if total > NANOS_LIMIT {
-            return Err(invalid());
-        }
-    }
-    if negative {
-        // 1<<63 negated is exactly i64::MIN, which wrapping_neg yields.
-        return Ok((total as i64).wrapping_neg());
-    }
-    i64::try_from(total).map_err(|_| invalid())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -854,13 +725,15 @@ where
         Ending::Lost => {
             error!("leaderelection lost: stopping the work (lease {desc})");
             work_token.cancel();
-            // Another candidate may take over once lease duration has passed since our last
-            // renewal, i.e. roughly lease duration − renew deadline from now; waiting longer
-            // for a stuck work cannot make us safer, so it is aborted then (the process exits).
-            let grace = elector
-                .config
+            // Our last renewal was at least retry period + renew deadline ago, and a standby
+            // takes over once lease duration has passed since it saw that renewal: past that
+            // margin, waiting for a stuck work only prolongs two leaders acting at once, so it
+            // is aborted (the process is about to exit anyway).
+            let config = &elector.config;
+            let grace = config
                 .lease_duration
-                .saturating_sub(elector.config.renew_deadline);
+                .saturating_sub(config.renew_deadline)
+                .saturating_sub(config.retry_period);
             if timeout(grace, &mut work).await.is_err() {
                 warn!(
                     "the work did not stop within {grace:?} after losing lease {desc}; aborting it"
@@ -1804,228 +1677,118 @@ mod tests {
         assert!(!config.leader_elect);
     }
 
-    // --- Go durations -----------------------------------------------------------------------
+    // --- the shell, without an apiserver ---------------------------------------------------
 
-    #[test]
-    fn go_durations_parse_as_go_parses_them() {
-        // Cases from Go's src/time/time_test.go parseDurationTests.
-        let cases: &[(&str, i64)] = &[
-            ("0", 0),
-            ("5s", 5_000_000_000),
-            ("30s", 30_000_000_000),
-            ("1478s", 1_478_000_000_000),
-            ("-5s", -5_000_000_000),
-            ("+5s", 5_000_000_000),
-            ("-0", 0),
-            ("+0", 0),
-            ("5.0s", 5_000_000_000),
-            ("5.6s", 5_600_000_000),
-            ("5.s", 5_000_000_000),
-            (".5s", 500_000_000),
-            ("1.0s", 1_000_000_000),
-            ("1.00s", 1_000_000_000),
-            ("1.004s", 1_004_000_000),
-            ("1.0040s", 1_004_000_000),
-            ("100.00100s", 100_001_000_000),
-            ("10ns", 10),
-            ("11us", 11_000),
-            ("12µs", 12_000),
-            ("12μs", 12_000),
-            ("13ms", 13_000_000),
-            ("14s", 14_000_000_000),
-            ("15m", 900_000_000_000),
-            ("16h", 57_600_000_000_000),
-            ("3h30m", 12_600_000_000_000),
-            ("10.5s4m", 250_500_000_000),
-            ("-2m3.4s", -123_400_000_000),
-            ("1h2m3s4ms5us6ns", 3_723_004_005_006),
-            ("39h9m14.425s", 140_954_425_000_000),
-            ("52763797000ns", 52_763_797_000),
-            ("0.3333333333333333333h", 1_200_000_000_000),
-            ("9007199254740993ns", 9_007_199_254_740_993),
-            ("9223372036854775807ns", i64::MAX),
-            ("9223372036854775.807us", i64::MAX),
-            ("9223372036s854ms775us807ns", i64::MAX),
-            ("-9223372036854775808ns", i64::MIN),
-            ("-9223372036854775.808us", i64::MIN),
-            ("-9223372036s854ms775us808ns", i64::MIN),
-            ("-2562047h47m16.854775808s", i64::MIN),
-            ("0.100000000000000000000h", 360_000_000_000),
-            ("0.830103483285477580700h", 2_988_372_539_827),
-            ("1m30s", 90_000_000_000),
-            ("500ms", 500_000_000),
-        ];
-        for &(input, nanos) in cases {
-            assert_eq!(parse_go_duration(input), Ok(nanos), "{input}");
-        }
-    }
-
-    #[test]
-    fn go_durations_refuse_what_go_refuses() {
-        for input in [
-            "",
-            "3",
-            "-",
-            "s",
-            ".",
-            "-.",
-            ".s",
-            "+.s",
-            "1d",
-            "1 s",
-            " 1s",
-            "1s ",
-            "1.5.5s",
-            "9223372036854775808ns",
-            "9223372036854775.808us",
-            "9223372036s854ms775us808ns",
-            "-9223372036854775809ns",
-        ] {
-            assert!(parse_go_duration(input).is_err(), "{input:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn go_duration_errors_read_like_go() {
-        assert_eq!(
-            parse_go_duration("").unwrap_err().to_string(),
-            "time: invalid duration \"\""
-        );
-        assert_eq!(
-            parse_go_duration("3").unwrap_err().to_string(),
-            "time: missing unit in duration \"3\""
-        );
-        assert_eq!(
-            parse_go_duration("1d").unwrap_err().to_string(),
-            "time: unknown unit \"d\" in duration \"1d\""
-        );
-    }
-}
-
-// TEMPORARY SMOKE (to be removed)
-#[cfg(test)]
-mod smoke {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    async fn client() -> kube::Client {
-        let path = std::env::var("SMOKE_KUBECONFIG").expect("SMOKE_KUBECONFIG");
-        let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("config");
-        kube::Client::try_from(config).expect("client")
-    }
-
-    fn cfg(id: &str, name: &str) -> LeaderElectionConfig {
-        let mut c = LeaderElectionConfig::new("kube-system", name).with_identity(id);
-        c.lease_duration = secs(4);
-        c.renew_deadline = secs(3);
-        c.retry_period = secs(1);
-        c
-    }
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
-
-    async fn holder(api: &Api<Lease>, name: &str) -> LeaseRecord {
-        let lease = api.get(name).await.expect("lease");
-        LeaseRecord::from_spec(&lease.spec.unwrap_or_default())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn smoke_three_candidates() {
-        let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
-        let client = client().await;
-        let api: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
-        let name = "ferrite-smoke-le";
-        let _ = api.delete(name, &Default::default()).await;
-        let leading = Arc::new(AtomicUsize::new(0));
-        let max = Arc::new(AtomicUsize::new(0));
-        let mut tokens = std::collections::HashMap::new();
-        let mut handles = std::collections::HashMap::new();
-        let metrics = LeaderElectionMetrics::default();
-        for id in ["a", "b", "c"] {
-            let token = CancellationToken::new();
-            let (leading, max) = (leading.clone(), max.clone());
-            let h = tokio::spawn(run(
-                client.clone(),
-                cfg(id, name),
-                metrics.clone(),
-                token.clone(),
-                move |work: CancellationToken| async move {
-                    let n = leading.fetch_add(1, Ordering::SeqCst) + 1;
-                    max.fetch_max(n, Ordering::SeqCst);
-                    work.cancelled().await;
-                    leading.fetch_sub(1, Ordering::SeqCst);
-                },
-            ));
-            tokens.insert(id, token);
-            handles.insert(id, h);
-        }
-        tokio::time::sleep(secs(6)).await;
-        let first = holder(&api, name).await;
-        eprintln!("first: {first:?}");
-        assert_eq!(leading.load(Ordering::SeqCst), 1);
-        assert_eq!(metrics.master_status(name), 1);
-        let t = std::time::Instant::now();
-        tokens[first.holder_identity.as_str()].cancel();
-        let r = handles.remove(first.holder_identity.as_str()).unwrap().await.unwrap();
-        eprintln!("released in {:?}: {r:?}; record {:?}", t.elapsed(), holder(&api, name).await);
-        assert!(r.is_ok());
-        let second = loop {
-            let h = holder(&api, name).await;
-            if !h.holder_identity.is_empty() && h.holder_identity != first.holder_identity {
-                break h;
+    /// A client whose every request fails, counting them: these tests only cover the paths
+    /// that must not depend on the apiserver (the e2e test bed covers the real ones).
+    fn unreachable_client() -> (kube::Client, Arc<std::sync::atomic::AtomicUsize>) {
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = requests.clone();
+        let service = tower::service_fn(move |_request: http::Request<kube::client::Body>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
+                    "no apiserver in unit tests",
+                ))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        eprintln!("second after {:?}: {second:?}", t.elapsed());
-        assert_eq!(second.lease_transitions, first.lease_transitions + 1);
-        tokio::time::sleep(secs(5)).await;
-        assert_eq!(leading.load(Ordering::SeqCst), 1);
-        assert_eq!(holder(&api, name).await.holder_identity, second.holder_identity);
-        // An intruder takes the lease over: the leader must stop with LeaseLost.
-        let mut lease = api.get(name).await.unwrap();
-        let spec = lease.spec.as_mut().unwrap();
-        spec.holder_identity = Some("intruder".into());
-        spec.lease_duration_seconds = Some(30);
-        api.replace(name, &PostParams::default(), &lease).await.unwrap();
-        let t = std::time::Instant::now();
-        let r = handles.remove(second.holder_identity.as_str()).unwrap().await.unwrap();
-        eprintln!("leader ended after {:?}: {r:?}", t.elapsed());
-        assert!(matches!(r, Err(LeaderElectionError::LeaseLost)));
-        assert_eq!(leading.load(Ordering::SeqCst), 0);
-        tokio::time::sleep(secs(5)).await;
-        assert_eq!(leading.load(Ordering::SeqCst), 0, "the intruder's lease is respected");
-        for (id, h) in handles {
-            tokens[id].cancel();
-            assert!(h.await.unwrap().is_ok());
-        }
-        assert_eq!(max.load(Ordering::SeqCst), 1);
-        eprintln!("final: {:?}", holder(&api, name).await);
+        });
+        (kube::Client::new(service, "default"), requests)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn smoke_hold() {
-        let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
-        let client = client().await;
-        let hold: u64 = std::env::var("SMOKE_HOLD").unwrap().parse().unwrap();
-        let config = LeaderElectionConfig::new("kube-system", "kube-scheduler").with_identity("ferrite-smoke");
-        let token = CancellationToken::new();
-        let t2 = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(secs(hold)).await;
-            t2.cancel();
-        });
-        let r = run(client, config, LeaderElectionMetrics::default(), token, |w: CancellationToken| async move {
-            tracing::info!("SMOKE: leading");
-            w.cancelled().await;
-            tracing::info!("SMOKE: stopped leading");
-        })
+    #[tokio::test]
+    async fn with_leader_election_disabled_the_work_runs_without_any_lease() {
+        let (client, requests) = unreachable_client();
+        let mut config = LeaderElectionConfig::new("kube-system", "ferrite-scheduler");
+        config.leader_elect = false;
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let result = run(
+            client,
+            config,
+            LeaderElectionMetrics::default(),
+            CancellationToken::new(),
+            move |_token: CancellationToken| async move {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            },
+        )
         .await;
-        eprintln!("run returned {r:?}");
+        assert!(result.is_ok(), "{result:?}");
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
+
+    #[tokio::test]
+    async fn a_panicking_work_is_reported_as_an_error() {
+        let (client, _) = unreachable_client();
+        let mut config = LeaderElectionConfig::new("kube-system", "ferrite-scheduler");
+        config.leader_elect = false;
+        let result = run(
+            client,
+            config,
+            LeaderElectionMetrics::default(),
+            CancellationToken::new(),
+            |_token: CancellationToken| async { panic!("work failed") },
+        )
+        .await;
+        assert!(
+            matches!(result, Err(LeaderElectionError::LeadPanicked(_))),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_timings_are_refused_before_any_api_call() {
+        let (client, requests) = unreachable_client();
+        let mut config = LeaderElectionConfig::new("kube-system", "ferrite-scheduler");
+        config.renew_deadline = secs(20);
+        let result = run(
+            client,
+            config,
+            LeaderElectionMetrics::default(),
+            CancellationToken::new(),
+            |_token: CancellationToken| async {},
+        )
+        .await;
+        assert!(
+            matches!(
+                result,
+                Err(LeaderElectionError::InvalidOptions(
+                    OptionsError::LeaseDurationNotAboveRenewDeadline { .. }
+                ))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_keeps_retrying_and_shuts_down_cleanly_without_leading() {
+        let (client, requests) = unreachable_client();
+        let config =
+            LeaderElectionConfig::new("kube-system", "ferrite-scheduler").with_identity(ME);
+        let health = config.healthz.clone();
+        let metrics = LeaderElectionMetrics::default();
+        let shutdown = CancellationToken::new();
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            sleep(secs(60)).await;
+            stopper.cancel();
+        });
+        let result = run(
+            client,
+            config,
+            metrics.clone(),
+            shutdown,
+            |_token: CancellationToken| async { panic!("must not lead") },
+        )
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        // One read per attempt, every 2 s to 4.4 s over 60 s.
+        let attempts = requests.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((14..=31).contains(&attempts), "{attempts} attempts");
+        assert_eq!(metrics.master_status("ferrite-scheduler"), 0);
+        assert_eq!(health.health_check(), Ok(()));
+    }
+
+    // --- Go durations -----------------------------------------------------------------------
 }

@@ -4,8 +4,8 @@
 pub mod client;
 pub mod component;
 pub mod events;
-pub mod flags;
 pub mod expectations;
+pub mod flags;
 pub mod informer;
 pub mod leader_election;
 pub mod metrics;

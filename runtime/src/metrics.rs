@@ -11,7 +11,10 @@ pub struct SharedRegistry(Arc<Mutex<Registry>>);
 impl SharedRegistry {
     /// Runs `f` with the registry locked, e.g. `registry.with(|r| WorkQueueMetrics::register(r))`.
     pub fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
-        let mut guard = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut guard)
     }
 

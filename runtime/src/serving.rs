@@ -54,7 +54,6 @@ pub use auth::{
 pub use health::{Endpoint, Health, HealthCheck, HealthResponse, READY_CHECK_NAME};
 pub use options::{
     AlwaysAllowPaths, CONTROLLER_MANAGER_SECURE_PORT, SCHEDULER_SECURE_PORT, ServingOptions,
-    parse_go_duration,
 };
 
 use auth::{CacheTtls, Gate, Refusal};

@@ -11,7 +11,10 @@ use ferrite_e2e::bed::{self, Bed, BedOptions, Component};
 use ferrite_e2e::process::Mode;
 
 #[derive(Parser)]
-#[command(name = "testbed", about = "Stock etcd + kube-apiserver + kwok nodes on loopback, optionally with a controller manager and a scheduler")]
+#[command(
+    name = "testbed",
+    about = "Stock etcd + kube-apiserver + kwok nodes on loopback, optionally with a controller manager and a scheduler"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -50,13 +53,23 @@ fn default_dir() -> PathBuf {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
+        )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Up { dir, nodes, controller_manager, scheduler, no_complete_job_pods, ferrite_args } => {
+        Cmd::Up {
+            dir,
+            nodes,
+            controller_manager,
+            scheduler,
+            no_complete_job_pods,
+            ferrite_args,
+        } => {
             let started = Instant::now();
             let mut opts = BedOptions::new(std::path::absolute(&dir).unwrap_or(dir));
             opts.nodes = nodes;
@@ -65,7 +78,12 @@ async fn main() {
             opts.complete_job_pods = !no_complete_job_pods;
             opts.ferrite_args = ferrite_args;
             Bed::up(opts, Mode::Detached).await.map(|bed| {
-                eprintln!("test bed up in {:.1}s ({} nodes); logs in {}", started.elapsed().as_secs_f64(), nodes, bed.dir.join("logs").display());
+                eprintln!(
+                    "test bed up in {:.1}s ({} nodes); logs in {}",
+                    started.elapsed().as_secs_f64(),
+                    nodes,
+                    bed.dir.join("logs").display()
+                );
                 println!("export KUBECONFIG={}", bed.kubeconfig().display());
             })
         }

@@ -3,6 +3,7 @@
 //! (staging/src/k8s.io/apiserver/pkg/server/options/{serving.go,authentication.go,authorization.go}),
 //! so that Ferrite runs from the command line kubeadm writes into the static pod manifests.
 
+use crate::flags::parse_duration_flag;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,7 +85,7 @@ pub struct ServingOptions {
     pub authentication_kubeconfig: Option<PathBuf>,
 
     /// The duration to cache responses from the webhook token authenticator.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_flag)]
     pub authentication_token_webhook_cache_ttl: Duration,
 
     /// If false, the authentication-kubeconfig will be used to lookup missing authentication
@@ -116,11 +117,11 @@ pub struct ServingOptions {
     pub authorization_always_allow_paths: Vec<String>,
 
     /// The duration to cache 'authorized' responses from the webhook authorizer.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_flag)]
     pub authorization_webhook_cache_authorized_ttl: Duration,
 
     /// The duration to cache 'unauthorized' responses from the webhook authorizer.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_flag)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
 
     /// Base name of the generated self-signed pair in --cert-dir (`<name>.crt`, `<name>.key`).
@@ -140,19 +141,6 @@ impl ServingOptions {
     pub(crate) fn pair_name(&self) -> &str {
         self.cert_pair_name.as_deref().unwrap_or("ferrite")
     }
-}
-
-/// Parses a Go `time.Duration` string ("10s", "1m30s", "500ms", "0"), since upstream's duration
-/// flags are written that way in existing manifests.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let signed: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    Duration::try_from(signed).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
 }
 
 /// `--authorization-always-allow-paths`, compiled as upstream's path authorizer
@@ -280,16 +268,6 @@ mod tests {
             parse(&["--authentication-tolerate-lookup-failure=true"])
                 .authentication_tolerate_lookup_failure
         );
-    }
-
-    #[test]
-    fn go_durations_parse() {
-        assert_eq!(parse_go_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_go_duration("-1s").is_err());
-        assert!(parse_go_duration("soon").is_err());
     }
 
     #[test]
