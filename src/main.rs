@@ -172,11 +172,15 @@ fn controller_manager(args: ControllerManagerArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
+    let options = ferrite_controllers::manager::ManagerOptions {
+        root_ca_file: args.root_ca_file.clone(),
+        cluster_name: args.cluster_name.clone(),
+    };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(
         &CONTROLLER_MANAGER,
         args.common,
-        move |ctx| ferrite_controllers::manager::run(ctx, enabled),
+        move |ctx| ferrite_controllers::manager::run(ctx, enabled, options),
     ))
 }
 

@@ -1,26 +1,109 @@
 //! The controller manager: runs every enabled controller Ferrite implements, on one shared set
 //! of informers, while this process leads.
+//!
+//! A controller plugs in with a [`Controller`] entry in [`IMPLEMENTED`]. Its `start` function is
+//! called before the informers start: it asks the shared [`InformerFactory`] for the informers it
+//! needs, registers its handlers, and returns the future that runs its workers until the token is
+//! cancelled. Only after every informer has synced do the workers start, as upstream's
+//! `WaitForNamedCacheSync` has it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use ferrite_runtime::component::Context;
+use ferrite_runtime::events::EventRecorder;
+use ferrite_runtime::informer::InformerFactory;
+use ferrite_runtime::metrics::SharedRegistry;
+use ferrite_runtime::workqueue::WorkQueueMetrics;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
-/// Controllers Ferrite implements so far (canonical names). Enabled controllers missing here are
-/// reported at start-up and not run.
-pub const IMPLEMENTED: &[&str] = &[];
+/// What every controller gets.
+#[derive(Clone)]
+pub struct ControllerContext {
+    pub client: kube::Client,
+    pub informers: Arc<InformerFactory>,
+    /// The process recorder; a controller reports as itself with `events.for_controller(name)`.
+    pub events: EventRecorder,
+    pub registry: SharedRegistry,
+    /// Registered once per process; every work queue passes it to `with_metrics`.
+    pub queue_metrics: WorkQueueMetrics,
+    pub options: Arc<ManagerOptions>,
+    /// Cancelled when leadership ends or the process shuts down.
+    pub token: CancellationToken,
+}
+
+/// Controller settings from flags (upstream names); grows with the controllers.
+#[derive(Clone, Debug, Default)]
+pub struct ManagerOptions {
+    pub root_ca_file: Option<std::path::PathBuf>,
+    pub cluster_name: String,
+}
+
+/// Sets a controller up (informers, handlers) and returns the future that runs it.
+pub type StartFn = fn(&ControllerContext) -> Result<BoxFuture<'static, Result<(), String>>, String>;
+
+pub struct Controller {
+    /// Canonical upstream name (see `names::KNOWN`).
+    pub name: &'static str,
+    pub start: StartFn,
+}
+
+/// Controllers Ferrite implements so far. Enabled controllers missing here are reported at
+/// start-up and not run.
+pub const IMPLEMENTED: &[Controller] = &[];
 
 /// Runs the enabled controllers until the context's token is cancelled.
-pub async fn run(ctx: Context, enabled: BTreeSet<&'static str>) -> Result<(), String> {
-    let (implemented, missing): (Vec<&str>, Vec<&str>) =
-        enabled.iter().partition(|n| IMPLEMENTED.contains(n));
+pub async fn run(
+    ctx: Context,
+    enabled: BTreeSet<&'static str>,
+    options: ManagerOptions,
+) -> Result<(), String> {
+    let missing: Vec<&str> = enabled
+        .iter()
+        .copied()
+        .filter(|n| !IMPLEMENTED.iter().any(|c| c.name == *n))
+        .collect();
     if !missing.is_empty() {
         tracing::warn!(controllers = ?missing, "enabled controllers that Ferrite does not implement yet are not started");
     }
-    tracing::info!(controllers = ?implemented, "starting controllers");
+    let cc = ControllerContext {
+        client: ctx.client.clone(),
+        informers: ctx.informers.clone(),
+        events: ctx.events.clone(),
+        queue_metrics: ctx.registry.with(WorkQueueMetrics::register),
+        registry: ctx.registry.clone(),
+        options: Arc::new(options),
+        token: ctx.token.clone(),
+    };
+    let mut runs = Vec::new();
+    for c in IMPLEMENTED.iter().filter(|c| enabled.contains(c.name)) {
+        let run = (c.start)(&cc).map_err(|e| format!("starting {}: {e}", c.name))?;
+        runs.push((c.name, run));
+    }
     ctx.informers.start(ctx.token.clone());
     ctx.informers.wait_for_cache_sync().await;
     ctx.health.set_ready(true);
+    tracing::info!(controllers = ?runs.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "caches synced; starting controllers");
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, run) in runs {
+        tasks.spawn(async move { (name, run.await) });
+    }
+    let mut failure = None;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => {
+                failure.get_or_insert(format!("controller {name} failed: {e}"));
+                ctx.token.cancel();
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("a controller task failed: {e}"));
+                ctx.token.cancel();
+            }
+        }
+    }
     ctx.token.cancelled().await;
     tracing::info!("controllers stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

@@ -40,6 +40,9 @@ pub struct BedOptions {
     pub complete_job_pods: bool,
     /// Extra flags for the Ferrite controller manager / scheduler.
     pub ferrite_args: Vec<String>,
+    /// Extra flags for the stock controller manager, e.g. `--controllers=*,-deployment` to leave
+    /// one controller to a Ferrite controller manager started beside it.
+    pub stock_controller_manager_args: Vec<String>,
 }
 
 impl BedOptions {
@@ -51,6 +54,7 @@ impl BedOptions {
             scheduler: Component::None,
             complete_job_pods: true,
             ferrite_args: Vec::new(),
+            stock_controller_manager_args: Vec::new(),
         }
     }
 }
@@ -485,8 +489,12 @@ impl Bed {
             format!("--cluster-name={CLUSTER_NAME}"),
             "--controllers=*,bootstrapsigner,tokencleaner".into(),
         ];
-        if component == Component::Ferrite {
-            args.extend(self.opts.ferrite_args.iter().cloned());
+        match component {
+            Component::Ferrite => args.extend(self.opts.ferrite_args.iter().cloned()),
+            // pflag appends repeated string-slice flags, and upstream's IsControllerEnabled takes
+            // the first entry naming a controller, so `--controllers=*,-foo` here disables foo.
+            Component::Stock => args.extend(self.opts.stock_controller_manager_args.iter().cloned()),
+            Component::None => {}
         }
         args
     }
