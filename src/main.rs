@@ -175,6 +175,7 @@ fn controller_manager(args: ControllerManagerArgs) -> i32 {
     let options = ferrite_controllers::manager::ManagerOptions {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
+        use_service_account_credentials: args.use_service_account_credentials,
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferrite_runtime::component::Context;
+use ferrite_runtime::credentials::ServiceAccountCredentials;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::informer::InformerFactory;
 use ferrite_runtime::metrics::SharedRegistry;
@@ -38,6 +39,8 @@ pub struct ControllerContext {
 pub struct ManagerOptions {
     pub root_ca_file: Option<std::path::PathBuf>,
     pub cluster_name: String,
+    /// `--use-service-account-credentials`: each controller writes as `kube-system/<its SA>`.
+    pub use_service_account_credentials: bool,
 }
 
 /// Sets a controller up (informers, handlers) and returns the future that runs it.
@@ -52,6 +55,36 @@ pub struct Controller {
 /// Controllers Ferrite implements so far. Enabled controllers missing here are reported at
 /// start-up and not run.
 pub const IMPLEMENTED: &[Controller] = &[];
+
+/// The service account a controller uses with `--use-service-account-credentials`: upstream's
+/// names, each bound by the apiserver's bootstrap policy to `system:controller:<name>`
+/// (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/controller_policy.go).
+pub fn service_account(controller: &str) -> Option<&'static str> {
+    Some(match controller {
+        "deployment-controller" => "deployment-controller",
+        "replicaset-controller" => "replicaset-controller",
+        "job-controller" => "job-controller",
+        "cronjob-controller" => "cronjob-controller",
+        "garbage-collector-controller" => "generic-garbage-collector",
+        "serviceaccount-controller" => "service-account-controller",
+        "root-ca-certificate-publisher-controller" => "root-ca-cert-publisher",
+        "clusterrole-aggregation-controller" => "clusterrole-aggregation-controller",
+        "pod-garbage-collector-controller" => "pod-garbage-collector",
+        "ttl-after-finished-controller" => "ttl-after-finished-controller",
+        "namespace-controller" => "namespace-controller",
+        "endpoints-controller" => "endpoint-controller",
+        "endpointslice-controller" => "endpointslice-controller",
+        "endpointslice-mirroring-controller" => "endpointslicemirroring-controller",
+        "node-lifecycle-controller" | "node-ipam-controller" => "node-controller",
+        "resourcequota-controller" => "resourcequota-controller",
+        "replicationcontroller-controller" => "replication-controller",
+        "daemonset-controller" => "daemon-set-controller",
+        "statefulset-controller" => "statefulset-controller",
+        "disruption-controller" => "disruption-controller",
+        "ttl-controller" => "ttl-controller",
+        _ => return None,
+    })
+}
 
 /// Runs the enabled controllers until the context's token is cancelled.
 pub async fn run(
@@ -76,9 +109,27 @@ pub async fn run(
         options: Arc::new(options),
         token: ctx.token.clone(),
     };
+    let credentials = cc.options.use_service_account_credentials.then(|| {
+        ServiceAccountCredentials::new(
+            ctx.client.clone(),
+            ctx.config.clone(),
+            ctx.qps,
+            ctx.burst,
+            ctx.token.clone(),
+        )
+    });
     let mut runs = Vec::new();
     for c in IMPLEMENTED.iter().filter(|c| enabled.contains(c.name)) {
-        let run = (c.start)(&cc).map_err(|e| format!("starting {}: {e}", c.name))?;
+        let mut own = cc.clone();
+        if let Some(creds) = &credentials {
+            let sa = service_account(c.name)
+                .ok_or_else(|| format!("no service account is known for {}", c.name))?;
+            own.client = creds
+                .client_for(sa)
+                .await
+                .map_err(|e| format!("starting {}: {e}", c.name))?;
+        }
+        let run = (c.start)(&own).map_err(|e| format!("starting {}: {e}", c.name))?;
         runs.push((c.name, run));
     }
     ctx.informers.start(ctx.token.clone());

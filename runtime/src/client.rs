@@ -56,6 +56,12 @@ impl ClientOptions {
         default_qps: f32,
         default_burst: u32,
     ) -> Result<kube::Client, ClientError> {
+        let config = self.config(user_agent).await?;
+        self.client_from(config, default_qps, default_burst)
+    }
+
+    /// The connection configuration (server, CA, credentials, user agent) these flags describe.
+    pub async fn config(&self, user_agent: &str) -> Result<kube::Config, ClientError> {
         let mut config = match &self.kubeconfig {
             Some(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -87,14 +93,40 @@ impl ClientOptions {
             http::HeaderValue::from_str(user_agent)
                 .unwrap_or(http::HeaderValue::from_static("ferrite")),
         ));
-        let qps = self.kube_api_qps.unwrap_or(default_qps);
-        let burst = self.kube_api_burst.unwrap_or(default_burst);
-        let builder = ClientBuilder::try_from(config)?;
-        Ok(match RateLimitLayer::new(qps, burst) {
-            Some(layer) => builder.with_layer(&layer).build(),
-            None => builder.build(),
-        })
+        Ok(config)
     }
+
+    /// The effective client-side limits: the flags, else the component's defaults.
+    pub fn limits(&self, default_qps: f32, default_burst: u32) -> (f32, u32) {
+        (
+            self.kube_api_qps.unwrap_or(default_qps),
+            self.kube_api_burst.unwrap_or(default_burst),
+        )
+    }
+
+    /// A rate-limited client over `config`.
+    pub fn client_from(
+        &self,
+        config: kube::Config,
+        default_qps: f32,
+        default_burst: u32,
+    ) -> Result<kube::Client, ClientError> {
+        let (qps, burst) = self.limits(default_qps, default_burst);
+        rate_limited_client(config, qps, burst)
+    }
+}
+
+/// A client over `config` whose requests wait for a token of a `qps`/`burst` bucket of its own.
+pub fn rate_limited_client(
+    config: kube::Config,
+    qps: f32,
+    burst: u32,
+) -> Result<kube::Client, ClientError> {
+    let builder = ClientBuilder::try_from(config)?;
+    Ok(match RateLimitLayer::new(qps, burst) {
+        Some(layer) => builder.with_layer(&layer).build(),
+        None => builder.build(),
+    })
 }
 
 /// client-go's `flowcontrol.NewTokenBucketRateLimiter(qps, burst)` as a tower layer: each request

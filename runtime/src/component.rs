@@ -43,6 +43,11 @@ pub struct ComponentSpec {
 /// What the component's work gets while it leads.
 pub struct Context {
     pub client: kube::Client,
+    /// The connection the client was built from, and its client-side limits, for clients with
+    /// other credentials (`--use-service-account-credentials`).
+    pub config: kube::Config,
+    pub qps: f32,
+    pub burst: u32,
     pub registry: SharedRegistry,
     pub health: Health,
     pub informers: Arc<InformerFactory>,
@@ -67,7 +72,12 @@ where
         Err(e) => return usage(spec, e),
     };
     let user_agent = format!("ferrite-{}/{}", spec.name, env!("CARGO_PKG_VERSION"));
-    let client = match opts.client.build(&user_agent, spec.qps, spec.burst).await {
+    let kube_config = match opts.client.config(&user_agent).await {
+        Ok(c) => c,
+        Err(e) => return usage(spec, e),
+    };
+    let (qps, burst) = opts.client.limits(spec.qps, spec.burst);
+    let client = match crate::client::rate_limited_client(kube_config.clone(), qps, burst) {
         Ok(c) => c,
         Err(e) => return usage(spec, e),
     };
@@ -122,6 +132,9 @@ where
             EventRecorder::with_shutdown(work_client.clone(), spec_component_name(), events_token);
         let ctx = Context {
             client: work_client,
+            config: kube_config,
+            qps,
+            burst,
             registry: work_registry,
             health: work_health,
             informers,

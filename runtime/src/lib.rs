@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod component;
+pub mod credentials;
 pub mod events;
 pub mod expectations;
 pub mod flags;
