@@ -496,7 +496,9 @@ impl Bed {
             Component::Ferrite => args.extend(self.opts.ferrite_args.iter().cloned()),
             // pflag appends repeated string-slice flags, and upstream's IsControllerEnabled takes
             // the first entry naming a controller, so `--controllers=*,-foo` here disables foo.
-            Component::Stock => args.extend(self.opts.stock_controller_manager_args.iter().cloned()),
+            Component::Stock => {
+                args.extend(self.opts.stock_controller_manager_args.iter().cloned())
+            }
             Component::None => {}
         }
         args
