@@ -708,6 +708,11 @@ impl Bed {
         procs.iter_mut().find(|p| p.name == name)?.try_exit_code()
     }
 
+    /// The pid of a named process.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.state().pids.get(name).copied()
+    }
+
     pub fn is_running(&self, name: &str) -> bool {
         let Ok(mut procs) = self.procs.lock() else {
             return false;
