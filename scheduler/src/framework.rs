@@ -1,0 +1,647 @@
+//! One scheduling attempt over the cache (pkg/scheduler/schedule_one.go `schedulePod`): filter
+//! the nodes in round-robin order until enough feasible ones are found, score them with the
+//! default profile's weights, and pick one of the best at random. A pod that fits nowhere gets a
+//! [`FitError`] whose message is upstream's (pkg/scheduler/framework/types.go).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Pod;
+use rand::Rng;
+
+use crate::cache::{Cache, NodeInfo};
+use crate::plugins::{
+    Code, Status, image_locality, node_affinity, node_name, node_ports, node_resources,
+    node_unschedulable, taint_toleration,
+};
+use crate::resources::{PodResources, pod_resources};
+
+/// `minFeasibleNodesToFind`.
+pub const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+/// `minFeasibleNodesPercentageToFind`.
+pub const MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND: usize = 5;
+
+/// Score weights of the default profile (apis/config/v1/default_plugins.go).
+pub const WEIGHT_TAINT_TOLERATION: i64 = 3;
+pub const WEIGHT_NODE_AFFINITY: i64 = 2;
+pub const WEIGHT_NODE_RESOURCES_FIT: i64 = 1;
+pub const WEIGHT_BALANCED_ALLOCATION: i64 = 1;
+pub const WEIGHT_IMAGE_LOCALITY: i64 = 1;
+
+/// `numFeasibleNodesToFind` with no percentageOfNodesToScore configured: all nodes below 100,
+/// else an adaptive 50% − nodes/125 (at least 5%), never fewer than 100 nodes.
+pub fn num_feasible_nodes_to_find(percentage: Option<u32>, num_all_nodes: usize) -> usize {
+    if num_all_nodes < MIN_FEASIBLE_NODES_TO_FIND {
+        return num_all_nodes;
+    }
+    let percentage = match percentage {
+        Some(p) if p > 0 => (p as usize).min(100),
+        _ => {
+            let adaptive = 50usize.saturating_sub(num_all_nodes / 125);
+            adaptive.max(MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND)
+        }
+    };
+    let n = num_all_nodes * percentage / 100;
+    n.max(MIN_FEASIBLE_NODES_TO_FIND)
+}
+
+/// The filters of the default profile in upstream's order; the first rejection wins
+/// (`RunFilterPlugins` stops at the first non-success).
+pub fn run_filters(pod: &Pod, res: &PodResources, node: &NodeInfo) -> Option<Status> {
+    node_name::filter(pod, node)
+        .or_else(|| node_unschedulable::filter(pod, node))
+        .or_else(|| taint_toleration::filter(pod, node))
+        .or_else(|| node_affinity::filter(pod, node))
+        .or_else(|| node_ports::filter(pod, node))
+        .or_else(|| node_resources::filter(res, node))
+}
+
+/// Why no node fits: each rejected node's status, and the status of nodes not looked at
+/// (`NodeToStatus` with its absent-nodes status).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub node_to_status: BTreeMap<String, Status>,
+    pub absent_status: Option<Status>,
+    /// A PreFilter rejection's message; then no per-node reasons are listed.
+    pub pre_filter_msg: String,
+}
+
+/// Upstream `FitError`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FitError {
+    pub num_all_nodes: usize,
+    pub diagnosis: Diagnosis,
+    /// The PostFilter (preemption) message, including its `preemption: ` prefix.
+    pub post_filter_msg: String,
+}
+
+/// "3 Insufficient cpu, 1 node(s) …": counts per reason, sorted as strings like upstream's
+/// `sortReasonsHistogram`.
+pub fn reasons_histogram<'a>(reasons: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *counts.entry(r).or_default() += 1;
+    }
+    let mut parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    parts.join(", ")
+}
+
+impl fmt::Display for FitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0/{} nodes are available:", self.num_all_nodes)?;
+        let d = &self.diagnosis;
+        if !d.pre_filter_msg.is_empty() {
+            write!(f, " {}.", d.pre_filter_msg)?;
+        } else {
+            let absent = self.num_all_nodes.saturating_sub(d.node_to_status.len());
+            let absent_reasons = d
+                .absent_status
+                .iter()
+                .flat_map(|s| s.reasons.iter().map(String::as_str))
+                .flat_map(|r| std::iter::repeat_n(r, absent));
+            let hist = reasons_histogram(
+                d.node_to_status
+                    .values()
+                    .flat_map(|s| s.reasons.iter().map(String::as_str))
+                    .chain(absent_reasons),
+            );
+            if !hist.is_empty() {
+                write!(f, " {hist}.")?;
+            }
+        }
+        if !self.post_filter_msg.is_empty() {
+            write!(f, " {}", self.post_filter_msg)?;
+        }
+        Ok(())
+    }
+}
+
+/// `ErrNoNodesAvailable`.
+pub const NO_NODES_AVAILABLE: &str = "no nodes available to schedule pods";
+
+const PREEMPTION_NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
+const NO_PREEMPTION_VICTIMS: &str = "No preemption victims found for incoming pod";
+
+/// What DefaultPreemption's PostFilter reports when it finds no candidate. Ferrite does not
+/// preempt yet: nodes rejected as unresolvable are "not helpful" exactly as upstream says; for
+/// the others upstream would try evicting lower-priority pods, and Ferrite reports that no
+/// victims were found (exact when the node has no lower-priority pod).
+pub fn preemption_message(pod: &Pod, diagnosis: &Diagnosis, num_all_nodes: usize) -> String {
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.preemption_policy.as_deref());
+    if policy == Some("Never") {
+        return "preemption: not eligible due to preemptionPolicy=Never.".to_string();
+    }
+    // Nodes without a filter status (none when nothing fits) count as "not helpful", as
+    // upstream's SetAbsentNodesStatus does.
+    let absent = num_all_nodes.saturating_sub(diagnosis.node_to_status.len());
+    let per_node = diagnosis.node_to_status.values().map(|s| match s.code {
+        Code::UnschedulableAndUnresolvable => PREEMPTION_NOT_HELPFUL,
+        Code::Unschedulable => NO_PREEMPTION_VICTIMS,
+    });
+    let hist =
+        reasons_histogram(per_node.chain(std::iter::repeat_n(PREEMPTION_NOT_HELPFUL, absent)));
+    format!("preemption: 0/{num_all_nodes} nodes are available: {hist}.")
+}
+
+/// Why an attempt found no node.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{0}")]
+    Fit(Box<FitError>),
+    #[error("{NO_NODES_AVAILABLE}")]
+    NoNodes,
+}
+
+/// The chosen node and how much of the cluster was looked at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleResult {
+    pub suggested_host: String,
+    pub evaluated_nodes: usize,
+    pub feasible_nodes: usize,
+}
+
+/// State kept across attempts (`nextStartNodeIndex`).
+#[derive(Clone, Debug, Default)]
+pub struct Algorithm {
+    pub next_start_node_index: usize,
+    /// `percentageOfNodesToScore`; `None` is the adaptive default.
+    pub percentage_of_nodes_to_score: Option<u32>,
+}
+
+/// A node's total weighted score.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeScore {
+    pub name: String,
+    pub total: i64,
+}
+
+impl Algorithm {
+    /// `findNodesThatPassFilters`: visits nodes from `nextStartNodeIndex`, wrapping around, and
+    /// stops once enough feasible nodes are found; the next attempt starts after the last node
+    /// processed.
+    /// `all_nodes` is the cluster's node count, which the start index wraps at even when
+    /// PreFilter narrowed `nodes`.
+    pub fn find_nodes_that_fit<'a>(
+        &mut self,
+        pod: &Pod,
+        res: &PodResources,
+        nodes: &[&'a NodeInfo],
+        all_nodes: usize,
+    ) -> (Vec<&'a NodeInfo>, Diagnosis) {
+        let all = nodes.len();
+        let mut diagnosis = Diagnosis::default();
+        let mut feasible = Vec::new();
+        if all == 0 {
+            return (feasible, diagnosis);
+        }
+        let to_find = num_feasible_nodes_to_find(self.percentage_of_nodes_to_score, all);
+        let mut processed = 0;
+        for i in 0..all {
+            let node = nodes[(self.next_start_node_index + i) % all];
+            processed += 1;
+            match run_filters(pod, res, node) {
+                None => {
+                    feasible.push(node);
+                    if feasible.len() >= to_find {
+                        break;
+                    }
+                }
+                Some(status) => {
+                    diagnosis
+                        .node_to_status
+                        .insert(node.name().to_string(), status);
+                }
+            }
+        }
+        self.next_start_node_index = (self.next_start_node_index + processed) % all_nodes.max(1);
+        (feasible, diagnosis)
+    }
+
+    /// One attempt: `schedulePod`.
+    pub fn schedule(
+        &mut self,
+        pod: &Pod,
+        cache: &Cache,
+        rng: &mut impl Rng,
+    ) -> Result<ScheduleResult, ScheduleError> {
+        let nodes: Vec<&NodeInfo> = cache.nodes().collect();
+        if nodes.is_empty() {
+            return Err(ScheduleError::NoNodes);
+        }
+        let res = pod_resources(pod);
+        let candidates: Vec<&NodeInfo> = match node_affinity::pre_filter(pod) {
+            Ok(None) => nodes.clone(),
+            Ok(Some(names)) => nodes
+                .iter()
+                .copied()
+                .filter(|n| names.contains(n.name()))
+                .collect(),
+            Err(status) => {
+                // Every node shares the PreFilter status, and only its message is listed.
+                let diagnosis = Diagnosis {
+                    node_to_status: BTreeMap::new(),
+                    pre_filter_msg: status.reasons.join(", "),
+                    absent_status: Some(status),
+                };
+                let post_filter_msg = preemption_message(pod, &diagnosis, nodes.len());
+                return Err(ScheduleError::Fit(Box::new(FitError {
+                    num_all_nodes: nodes.len(),
+                    diagnosis,
+                    post_filter_msg,
+                })));
+            }
+        };
+        let narrowed = candidates.len() != nodes.len();
+        let (feasible, mut diagnosis) =
+            self.find_nodes_that_fit(pod, &res, &candidates, nodes.len());
+        if narrowed {
+            diagnosis.absent_status = Some(Status::new(
+                Code::UnschedulableAndUnresolvable,
+                node_affinity::NAME,
+                format!("node(s) didn't satisfy plugin(s) [{}]", node_affinity::NAME),
+            ));
+        }
+        let evaluated = feasible.len() + diagnosis.node_to_status.len();
+        if feasible.is_empty() {
+            let post_filter_msg = preemption_message(pod, &diagnosis, nodes.len());
+            return Err(ScheduleError::Fit(Box::new(FitError {
+                num_all_nodes: nodes.len(),
+                diagnosis,
+                post_filter_msg,
+            })));
+        }
+        if feasible.len() == 1 {
+            return Ok(ScheduleResult {
+                suggested_host: feasible[0].name().to_string(),
+                evaluated_nodes: evaluated,
+                feasible_nodes: 1,
+            });
+        }
+        let scores = prioritize_nodes(pod, &res, &feasible, nodes.len());
+        let host = select_host(&scores, rng).unwrap_or_default();
+        Ok(ScheduleResult {
+            suggested_host: host,
+            evaluated_nodes: evaluated,
+            feasible_nodes: feasible.len(),
+        })
+    }
+}
+
+/// `prioritizeNodes`: each score plugin's (normalized) scores times its weight, summed.
+pub fn prioritize_nodes(
+    pod: &Pod,
+    res: &PodResources,
+    nodes: &[&NodeInfo],
+    total_nodes: usize,
+) -> Vec<NodeScore> {
+    let mut taint: Vec<i64> = nodes
+        .iter()
+        .map(|n| taint_toleration::score(pod, n))
+        .collect();
+    taint_toleration::normalize(&mut taint);
+    let affinity: Vec<i64> = if node_affinity::has_preferred_terms(pod) {
+        let mut s: Vec<i64> = nodes.iter().map(|n| node_affinity::score(pod, n)).collect();
+        node_affinity::normalize(&mut s);
+        s
+    } else {
+        vec![0; nodes.len()]
+    };
+    let balanced = node_resources::balanced_allocation_applies(res);
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeScore {
+            name: n.name().to_string(),
+            total: taint[i] * WEIGHT_TAINT_TOLERATION
+                + affinity[i] * WEIGHT_NODE_AFFINITY
+                + node_resources::least_allocated_score(res, n) * WEIGHT_NODE_RESOURCES_FIT
+                + if balanced {
+                    node_resources::balanced_allocation_score(res, n) * WEIGHT_BALANCED_ALLOCATION
+                } else {
+                    0
+                }
+                + image_locality::score(pod, n, total_nodes) * WEIGHT_IMAGE_LOCALITY,
+        })
+        .collect()
+}
+
+/// `selectHost`: the highest total; ties broken uniformly at random by reservoir sampling.
+pub fn select_host(scores: &[NodeScore], rng: &mut impl Rng) -> Option<String> {
+    let mut iter = scores.iter();
+    let first = iter.next()?;
+    let mut selected = first;
+    let mut max = first.total;
+    let mut count_of_max = 1u32;
+    for s in iter {
+        if s.total > max {
+            max = s.total;
+            selected = s;
+            count_of_max = 1;
+        } else if s.total == max {
+            count_of_max += 1;
+            if rng.random_range(0..count_of_max) == 0 {
+                selected = s;
+            }
+        }
+    }
+    Some(selected.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{node, pod, pod_requesting, raw_node};
+    use rand::SeedableRng;
+    use serde_json::json;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    // TestNumFeasibleNodesToFind in schedule_one_test.go.
+    #[test]
+    fn num_feasible_nodes_to_find_matches_upstream_table() {
+        let cases = [
+            (None, 10, 10),
+            (Some(40), 10, 10),
+            (None, 1000, 420),
+            (Some(40), 1000, 400),
+            (None, 6000, 300),
+            (Some(40), 6000, 2400),
+            (Some(0), 1000, 420),
+            (None, 110, 100),
+            (None, 100, 100),
+            (None, 99, 99),
+            (None, 20000, 1000),
+        ];
+        for (pct, all, want) in cases {
+            assert_eq!(
+                num_feasible_nodes_to_find(pct, all),
+                want,
+                "pct={pct:?} nodes={all}"
+            );
+        }
+    }
+
+    fn status(code: Code, reason: &str) -> Status {
+        Status::new(code, "X", reason)
+    }
+
+    #[test]
+    fn fit_error_counts_each_reason_and_sorts_them_as_strings() {
+        let mut d = Diagnosis::default();
+        d.node_to_status
+            .insert("n1".into(), status(Code::Unschedulable, "Insufficient cpu"));
+        d.node_to_status.insert(
+            "n2".into(),
+            status(
+                Code::UnschedulableAndUnresolvable,
+                taint_toleration::ERR_REASON_UNTOLERATED,
+            ),
+        );
+        d.node_to_status.insert(
+            "n3".into(),
+            status(
+                Code::UnschedulableAndUnresolvable,
+                taint_toleration::ERR_REASON_UNTOLERATED,
+            ),
+        );
+        let p = pod(json!({}));
+        let e = FitError {
+            num_all_nodes: 3,
+            post_filter_msg: preemption_message(&p, &d, 3),
+            diagnosis: d,
+        };
+        assert_eq!(
+            e.to_string(),
+            "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint(s). \
+             preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, \
+             2 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn fit_error_lists_every_reason_a_node_gave() {
+        let mut d = Diagnosis::default();
+        d.node_to_status.insert(
+            "n1".into(),
+            Status {
+                code: Code::Unschedulable,
+                reasons: vec!["Insufficient cpu".into(), "Insufficient memory".into()],
+                plugin: "NodeResourcesFit",
+            },
+        );
+        d.node_to_status.insert(
+            "n2".into(),
+            status(Code::Unschedulable, "Insufficient memory"),
+        );
+        let e = FitError {
+            num_all_nodes: 2,
+            diagnosis: d,
+            post_filter_msg: String::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "0/2 nodes are available: 1 Insufficient cpu, 2 Insufficient memory."
+        );
+    }
+
+    #[test]
+    fn histogram_sorts_counts_as_strings_like_go() {
+        let reasons = std::iter::repeat_n("b", 10).chain(std::iter::repeat_n("a", 2));
+        assert_eq!(reasons_histogram(reasons), "10 b, 2 a");
+    }
+
+    #[test]
+    fn a_pod_that_never_preempts_says_so() {
+        let p = pod(json!({"preemptionPolicy": "Never"}));
+        assert_eq!(
+            preemption_message(&p, &Diagnosis::default(), 1),
+            "preemption: not eligible due to preemptionPolicy=Never."
+        );
+    }
+
+    fn cache(nodes: &[(&str, i64)]) -> Cache {
+        let mut c = Cache::default();
+        for (name, cpu) in nodes {
+            c.upsert_node(Arc::new(raw_node(json!({"name": name, "allocatable": {"cpu": format!("{cpu}m"), "memory": "32Gi", "pods": "110"}}))));
+        }
+        c
+    }
+
+    #[test]
+    fn a_pod_too_big_for_every_node_reports_unresolvable_insufficient_cpu() {
+        let c = cache(&[("a", 4000), ("b", 4000), ("c", 4000)]);
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let err = alg
+            .schedule(&pod_requesting("big", 5000, 0), &c, &mut rng)
+            .expect_err("no fit");
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: \
+             3 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn the_only_node_that_fits_is_chosen() {
+        let c = cache(&[("a", 2000), ("b", 4000), ("c", 2000)]);
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let r = alg
+            .schedule(&pod_requesting("p", 3000, 0), &c, &mut rng)
+            .expect("fits");
+        assert_eq!(
+            r,
+            ScheduleResult {
+                suggested_host: "b".into(),
+                evaluated_nodes: 3,
+                feasible_nodes: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_emptier_node_wins_the_score() {
+        let mut c = cache(&[("a", 4000), ("b", 4000)]);
+        c.upsert_pod(Arc::new({
+            let mut p = pod_requesting("x", 2000, 0);
+            p.spec.as_mut().expect("spec").node_name = Some("a".into());
+            p
+        }));
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..5 {
+            let r = alg
+                .schedule(&pod_requesting("p", 500, 0), &c, &mut rng)
+                .expect("fits");
+            assert_eq!(r.suggested_host, "b");
+        }
+    }
+
+    fn daemon_pod(node: &str, cpu: i64) -> Pod {
+        let mut p = pod_requesting("ds", cpu, 0);
+        p.spec.as_mut().expect("spec").affinity = Some(
+            serde_json::from_value(json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}))
+            .expect("affinity"),
+        );
+        p
+    }
+
+    #[test]
+    fn a_pod_naming_its_node_is_only_filtered_there_and_the_rest_did_not_satisfy_node_affinity() {
+        let c = cache(&[("a", 4000), ("b", 4000), ("c", 4000)]);
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let r = alg
+            .schedule(&daemon_pod("b", 1000), &c, &mut rng)
+            .expect("fits");
+        assert_eq!((r.suggested_host.as_str(), r.evaluated_nodes), ("b", 1));
+        let err = alg
+            .schedule(&daemon_pod("b", 5000), &c, &mut rng)
+            .expect_err("too big");
+        assert_eq!(
+            err.to_string(),
+            "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't satisfy plugin(s) [NodeAffinity]. \
+             preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn conflicting_node_name_terms_are_a_pre_filter_rejection() {
+        let c = cache(&[("a", 4000), ("b", 4000)]);
+        let mut p = daemon_pod("a", 0);
+        p.spec.as_mut().expect("spec").affinity = Some(
+            serde_json::from_value(
+                json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": ["a"]},
+                    {"key": "metadata.name", "operator": "In", "values": ["b"]}]}]}}}),
+            )
+            .expect("affinity"),
+        );
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let err = alg.schedule(&p, &c, &mut rng).expect_err("conflict");
+        assert_eq!(
+            err.to_string(),
+            "0/2 nodes are available: pod affinity terms conflict. \
+             preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn no_nodes_is_its_own_error() {
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(
+            alg.schedule(&pod(json!({})), &Cache::default(), &mut rng),
+            Err(ScheduleError::NoNodes)
+        );
+    }
+
+    #[test]
+    fn the_search_resumes_after_the_last_processed_node() {
+        let names: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+        let infos: Vec<NodeInfo> = names.iter().map(|n| node(json!({"name": n}))).collect();
+        let refs: Vec<&NodeInfo> = infos.iter().collect();
+        let mut alg = Algorithm::default();
+        let p = pod(json!({}));
+        let res = pod_resources(&p);
+        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len());
+        // 200 nodes: 50 − 1 = 49 % → 98, raised to the 100-node minimum.
+        assert_eq!(feasible.len(), 100);
+        assert_eq!(alg.next_start_node_index, 100);
+        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len());
+        assert_eq!(feasible[0].name(), "n100");
+        assert_eq!(alg.next_start_node_index, 0);
+    }
+
+    #[test]
+    fn select_host_picks_among_the_best_uniformly() {
+        let scores = vec![
+            NodeScore {
+                name: "a".into(),
+                total: 10,
+            },
+            NodeScore {
+                name: "b".into(),
+                total: 30,
+            },
+            NodeScore {
+                name: "c".into(),
+                total: 30,
+            },
+            NodeScore {
+                name: "d".into(),
+                total: 5,
+            },
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for _ in 0..1000 {
+            *seen
+                .entry(select_host(&scores, &mut rng).expect("host"))
+                .or_default() += 1;
+        }
+        assert_eq!(seen.len(), 2, "only the best-scoring nodes: {seen:?}");
+        assert!(
+            seen["b"] > 400 && seen["c"] > 400,
+            "both roughly half: {seen:?}"
+        );
+        assert_eq!(select_host(&[], &mut rng), None);
+    }
+
+    #[test]
+    fn filters_run_in_upstream_order_and_stop_at_the_first_rejection() {
+        let p = pod_requesting("p", 5000, 0);
+        let n =
+            node(json!({"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]}));
+        let s = run_filters(&p, &pod_resources(&p), &n).expect("rejected");
+        assert_eq!(s.plugin, node_unschedulable::NAME);
+    }
+}
