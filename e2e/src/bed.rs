@@ -477,7 +477,7 @@ impl Bed {
             .display()
             .to_string();
         let pki = |f: &str| self.dir.join("pki").join(f).display().to_string();
-        let mut args = vec![
+        let args = vec![
             format!("--kubeconfig={kc}"),
             format!("--authentication-kubeconfig={kc}"),
             format!("--authorization-kubeconfig={kc}"),
@@ -493,15 +493,10 @@ impl Bed {
             "--controllers=*,bootstrapsigner,tokencleaner".into(),
         ];
         match component {
-            Component::Ferrite => args.extend(self.opts.ferrite_args.iter().cloned()),
-            // pflag appends repeated string-slice flags, and upstream's IsControllerEnabled takes
-            // the first entry naming a controller, so `--controllers=*,-foo` here disables foo.
-            Component::Stock => {
-                args.extend(self.opts.stock_controller_manager_args.iter().cloned())
-            }
-            Component::None => {}
+            Component::Ferrite => with_extra(args, &self.opts.ferrite_args),
+            Component::Stock => with_extra(args, &self.opts.stock_controller_manager_args),
+            Component::None => args,
         }
-        args
     }
 
     pub fn scheduler_args(&self, component: Component, port: u16) -> Vec<String> {
@@ -665,7 +660,8 @@ impl Bed {
             self.controller_manager_args(Component::None, port)
         };
         // Later flags win in clap only for single-valued flags; keep the bed's defaults first.
-        cmd.args(base).args(extra);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        cmd.args(with_extra(base, &extra));
         self.spawn(proc_name, cmd)?;
         Ok(port)
     }
@@ -679,7 +675,8 @@ impl Bed {
         } else {
             self.controller_manager_args(Component::Stock, port)
         };
-        cmd.args(base).args(extra);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        cmd.args(with_extra(base, &extra));
         self.spawn(proc_name, cmd)?;
         Ok(port)
     }
@@ -723,6 +720,17 @@ impl Bed {
             .map(|p| p.is_running())
             .unwrap_or(false)
     }
+}
+
+/// `base` followed by `extra`, where an explicit `--controllers` in `extra` replaces the bed's
+/// default one. (Both kube-controller-manager and Ferrite append repeated `--controllers` flags,
+/// so adding `--controllers=deployment` to the default `*` would still enable everything.)
+pub fn with_extra(base: Vec<String>, extra: &[String]) -> Vec<String> {
+    let replaces_controllers = extra.iter().any(|a| a.starts_with("--controllers"));
+    base.into_iter()
+        .filter(|a| !(replaces_controllers && a.starts_with("--controllers")))
+        .chain(extra.iter().cloned())
+        .collect()
 }
 
 /// Stops a detached bed found by its directory and removes its state.

@@ -231,30 +231,29 @@ async fn a_stock_kube_scheduler_sharing_the_lease_stays_standby_and_takes_over_w
     let ferrite_id = holder(bed, "kube-scheduler")
         .await
         .expect("held by ferrite");
-    bed.start_stock("stock-scheduler", "kube-scheduler", &[])
+    let stock_port = bed
+        .start_stock("stock-scheduler", "kube-scheduler", &[])
         .expect("start stock scheduler");
+    let stock_status = |token: String| async move {
+        match get_secure(stock_port, "/metrics", Some(&token)).await {
+            Ok((200, body)) => master_status(&body, "kube-scheduler"),
+            _ => None,
+        }
+    };
+    eventually(
+        "the stock scheduler serves its metrics as a standby",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let status = stock_status(token.clone());
+            async move { (status.await == Some(false)).then_some(()) }
+        },
+    )
+    .await
+    .expect("stock scheduler up");
 
-    // A pod only a leading scheduler would bind (Ferrite's scheduler binds nothing yet).
-    let ns = testing::namespace(&client, "le-stock-pods")
-        .await
-        .expect("ns");
-    let sa: ServiceAccount =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).expect("sa");
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("sa");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "waits-for-a-scheduler"},
-        "spec": {"containers": [{"name": "c", "image": "registry.invalid/app"}]}
-    }))
-    .expect("pod");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("pod");
-
-    // Well past a lease duration: the stock scheduler must keep waiting.
+    // Well past a lease duration: the stock scheduler keeps waiting while Ferrite leads, as
+    // both its own metric and the Lease show.
     let until = Instant::now() + Duration::from_secs(25);
     while Instant::now() < until {
         assert_eq!(
@@ -262,10 +261,15 @@ async fn a_stock_kube_scheduler_sharing_the_lease_stays_standby_and_takes_over_w
             Some(ferrite_id.as_str()),
             "the stock scheduler took the lease"
         );
-        let p = pods.get("waits-for-a-scheduler").await.expect("pod");
-        assert!(
-            p.spec.and_then(|s| s.node_name).is_none(),
-            "a pod was bound while Ferrite held the lease"
+        assert_eq!(
+            stock_status(token.clone()).await,
+            Some(false),
+            "the stock scheduler leads"
+        );
+        assert_eq!(
+            statuses(&ferrite, "kube-scheduler", &token).await,
+            vec![Some(true)],
+            "Ferrite stopped leading"
         );
         assert!(
             bed.is_running("stock-scheduler"),
@@ -292,6 +296,31 @@ async fn a_stock_kube_scheduler_sharing_the_lease_stays_standby_and_takes_over_w
         "stock kube-scheduler took over {:.1}s after Ferrite stopped ({stock_id})",
         stopped.elapsed().as_secs_f64()
     );
+    assert_eq!(
+        stock_status(token.clone()).await,
+        Some(true),
+        "the stock scheduler reports leading"
+    );
+
+    // Ferrite is gone; only the stock scheduler can bind this pod now.
+    let ns = testing::namespace(&client, "le-stock-pods")
+        .await
+        .expect("ns");
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).expect("sa");
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("sa");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "waits-for-a-scheduler"},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/app"}]}
+    }))
+    .expect("pod");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
     let node = eventually(
         "the pod is bound",
         Duration::from_secs(30),
