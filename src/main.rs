@@ -59,6 +59,10 @@ struct ControllerManagerArgs {
     service_cluster_ip_range: Option<String>,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
     allocate_node_cidrs: bool,
+    /// Number of terminated pods that can exist before the terminated pod garbage collector
+    /// starts deleting terminated pods. If <= 0, the terminated pod garbage collector is disabled.
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: i64,
     /// klog verbosity; maps onto log levels (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -176,6 +180,7 @@ fn controller_manager(args: ControllerManagerArgs) -> i32 {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
         use_service_account_credentials: args.use_service_account_credentials,
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(

@@ -3,3 +3,11 @@
 
 pub mod manager;
 pub mod names;
+pub mod clusterrole_aggregation;
+pub mod deployment;
+pub mod pod_util;
+pub mod podgc;
+pub mod replicaset;
+pub mod root_ca_publisher;
+pub mod serviceaccount;
+pub mod ttl_after_finished;

@@ -35,12 +35,25 @@ pub struct ControllerContext {
 }
 
 /// Controller settings from flags (upstream names); grows with the controllers.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ManagerOptions {
     pub root_ca_file: Option<std::path::PathBuf>,
     pub cluster_name: String,
     /// `--use-service-account-credentials`: each controller writes as `kube-system/<its SA>`.
     pub use_service_account_credentials: bool,
+    /// `--terminated-pod-gc-threshold` (upstream default 12500; 0 or less disables that part).
+    pub terminated_pod_gc_threshold: i64,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            root_ca_file: None,
+            cluster_name: "kubernetes".into(),
+            use_service_account_credentials: false,
+            terminated_pod_gc_threshold: crate::podgc::DEFAULT_TERMINATED_POD_GC_THRESHOLD,
+        }
+    }
 }
 
 /// Sets a controller up (informers, handlers) and returns the future that runs it.
@@ -54,7 +67,36 @@ pub struct Controller {
 
 /// Controllers Ferrite implements so far. Enabled controllers missing here are reported at
 /// start-up and not run.
-pub const IMPLEMENTED: &[Controller] = &[];
+pub const IMPLEMENTED: &[Controller] = &[
+    Controller {
+        name: crate::deployment::NAME,
+        start: crate::deployment::start,
+    },
+    Controller {
+        name: crate::serviceaccount::NAME,
+        start: crate::serviceaccount::start,
+    },
+    Controller {
+        name: crate::root_ca_publisher::NAME,
+        start: crate::root_ca_publisher::start,
+    },
+    Controller {
+        name: crate::clusterrole_aggregation::NAME,
+        start: crate::clusterrole_aggregation::start,
+    },
+    Controller {
+        name: crate::podgc::NAME,
+        start: crate::podgc::start,
+    },
+    Controller {
+        name: crate::ttl_after_finished::NAME,
+        start: crate::ttl_after_finished::start,
+    },
+    Controller {
+        name: crate::replicaset::NAME,
+        start: crate::replicaset::start,
+    },
+];
 
 /// The service account a controller uses with `--use-service-account-credentials`: upstream's
 /// names, each bound by the apiserver's bootstrap policy to `system:controller:<name>`
