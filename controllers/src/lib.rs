@@ -1,10 +1,11 @@
 //! Ferrite's controllers — one module per kube-controller-manager controller — and the manager
 //! that runs the enabled ones.
 
+pub mod clusterrole_aggregation;
+pub mod cronjob;
+pub mod deployment;
 pub mod manager;
 pub mod names;
-pub mod clusterrole_aggregation;
-pub mod deployment;
 pub mod pod_util;
 pub mod podgc;
 pub mod replicaset;

@@ -69,6 +69,10 @@ pub struct Controller {
 /// start-up and not run.
 pub const IMPLEMENTED: &[Controller] = &[
     Controller {
+        name: crate::cronjob::NAME,
+        start: crate::cronjob::start,
+    },
+    Controller {
         name: crate::deployment::NAME,
         start: crate::deployment::start,
     },
