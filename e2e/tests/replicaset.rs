@@ -19,7 +19,8 @@ use serde_json::json;
 
 async fn bed() -> &'static Bed {
     testing::shared_bed(|mut o| {
-        o.nodes = 4;
+        // 110 pods per kwok node: room for the 1000-replica stress test.
+        o.nodes = 12;
         o.controller_manager = Component::Ferrite;
         o.scheduler = Component::Stock;
         o.ferrite_args = vec!["--controllers=replicaset".into()];
@@ -535,95 +536,235 @@ async fn available_replicas_wait_for_min_ready_seconds() -> Result<()> {
     Ok(())
 }
 
+/// The non-terminating pods `uid` owns among those labelled `app=<app>`, by name, read as
+/// metadata only (a full list of 1000 pods every 100 ms would load the small machine).
+async fn owned_pod_names(
+    pods: &Api<Pod>,
+    app: &str,
+    uid: &str,
+) -> Result<std::collections::BTreeSet<String>> {
+    Ok(pods
+        .list_metadata(&ListParams::default().labels(&format!("app={app}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.controller == Some(true) && r.uid == uid)
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// What the every-100 ms watcher saw.
+#[derive(Default)]
+struct Watch {
+    observations: usize,
+    /// (owned non-terminating pods, the ceiling in force) for every observation above it.
+    overshoots: Vec<(usize, usize)>,
+    /// Pods that vanished or began terminating while neither the test nor a scale-down could
+    /// have deleted them: the controller removing pods it should never have created.
+    controller_deletes: Vec<String>,
+}
+
+/// Shared between the test and its watcher.
+#[derive(Default)]
+struct Stress {
+    stop: AtomicBool,
+    /// `spec.replicas`, except that a scale-down keeps the old value until the controller has
+    /// reached the new one (the pods above it are then expected, not an overshoot).
+    ceiling: AtomicUsize,
+    /// The controller legitimately deletes pods: a scale-down or a delete-collection by the test
+    /// (whose victims the test cannot name) is in progress.
+    deletes_expected: AtomicBool,
+    deleted_by_test: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Deletes `names` all at once, noting them as the test's own deletions first.
+async fn delete_pods(pods: &Api<Pod>, stress: &Stress, names: Vec<String>) -> Result<()> {
+    if let Ok(mut mine) = stress.deleted_by_test.lock() {
+        mine.extend(names.iter().cloned());
+    }
+    let deletes = names.iter().map(|n| {
+        let api = pods.clone();
+        async move { api.delete(n, &DeleteParams::default()).await }
+    });
+    for r in futures::future::join_all(deletes).await {
+        match r {
+            // Already gone (or going).
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => bail!("deleting: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// `batch` of the currently owned pods, starting at `skip`.
+async fn some_pods(pods: &Api<Pod>, uid: &str, skip: usize, batch: usize) -> Result<Vec<String>> {
+    Ok(owned_pod_names(pods, "stress", uid)
+        .await?
+        .into_iter()
+        .skip(skip)
+        .take(batch)
+        .collect())
+}
+
+/// At the size (kubernetes/kubernetes pkg/controller/replicaset: expectations guard
+/// against the informer cache lagging behind the controller's own creates and deletes): 1000
+/// replicas scaled 1000 → 600 → 1000 while pods are deleted in bulk, with a watcher checking
+/// every 100 ms that the owned, non-terminating pods never exceed `spec.replicas`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_deletes_never_make_the_replica_set_overshoot() -> Result<()> {
-    const REPLICAS: usize = 300;
+    const FULL: usize = 1000;
+    const SCALED_DOWN: usize = 600;
+    let started = Instant::now();
     let (bed, client, ns) = setup("rs-stress").await?;
     let rs = create_rs(
         &client,
         &ns,
-        &replica_set("stress", i32::try_from(REPLICAS)?, 0)?,
+        &replica_set("stress", i32::try_from(FULL)?, 0)?,
     )
     .await?;
     let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let pod_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    let stress = Arc::new(Stress::default());
+    stress.ceiling.store(FULL, Ordering::SeqCst);
 
-    // The watcher: every 100 ms, count non-terminating pods the RS owns.
-    let stop = Arc::new(AtomicBool::new(false));
-    let max_seen = Arc::new(AtomicUsize::new(0));
     let watcher = {
-        let (client, ns, uid) = (client.clone(), ns.clone(), uid.clone());
-        let (stop, max_seen) = (stop.clone(), max_seen.clone());
+        let (pods, uid, stress) = (pod_api.clone(), uid.clone(), stress.clone());
         tokio::spawn(async move {
-            let mut observations = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                if let Ok(pods) = owned_pods(&client, &ns, &uid).await {
-                    max_seen.fetch_max(pods.len(), Ordering::SeqCst);
-                    observations += 1;
+            let mut seen = Watch::default();
+            let mut previous = std::collections::BTreeSet::new();
+            while !stress.stop.load(Ordering::SeqCst) {
+                // Read the flags before the list: a window that closes during the list still
+                // counts as open for it.
+                let ceiling = stress.ceiling.load(Ordering::SeqCst);
+                let expected = stress.deletes_expected.load(Ordering::SeqCst);
+                if let Ok(now) = owned_pod_names(&pods, "stress", &uid).await {
+                    let expected = expected || stress.deletes_expected.load(Ordering::SeqCst);
+                    let ceiling = ceiling.max(stress.ceiling.load(Ordering::SeqCst));
+                    seen.observations += 1;
+                    if now.len() > ceiling {
+                        seen.overshoots.push((now.len(), ceiling));
+                    }
+                    if !expected && let Ok(mine) = stress.deleted_by_test.lock() {
+                        seen.controller_deletes.extend(
+                            previous
+                                .difference(&now)
+                                .filter(|n| !mine.contains(*n))
+                                .cloned(),
+                        );
+                    }
+                    previous = now;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            observations
+            seen
         })
     };
-    let pod_api = Api::<Pod>::namespaced(client.clone(), &ns);
-    let wait_full = || async {
-        eventually(
-            "the replica set to be back at 300 pods",
-            Duration::from_secs(180),
-            Duration::from_millis(250),
-            || async {
-                let n = owned_pods(&client, &ns, &uid).await.ok()?.len();
-                (n == REPLICAS).then_some(())
-            },
-        )
-        .await
-        .with_context(|| cm_log(bed))
-    };
-    wait_full().await?;
-    for round in 0..3 {
-        let pods = owned_pods(&client, &ns, &uid).await?;
-        let doomed: Vec<String> = pods.iter().skip(round * 7).take(80).map(name_of).collect();
-        let deletes = doomed.iter().map(|n| {
-            let api = pod_api.clone();
-            async move { api.delete(n, &DeleteParams::default()).await }
-        });
-        for r in futures::future::join_all(deletes).await {
-            match r {
-                Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => bail!("deleting: {e}"),
-            }
+    let wait_for = |n: usize| {
+        let (pods, uid) = (pod_api.clone(), uid.clone());
+        async move {
+            eventually(
+                &format!("the replica set to own exactly {n} pods"),
+                Duration::from_secs(150),
+                Duration::from_millis(250),
+                || async {
+                    let have = owned_pod_names(&pods, "stress", &uid).await.ok()?.len();
+                    (have == n).then_some(())
+                },
+            )
+            .await
+            .with_context(|| cm_log(bed))
         }
-        wait_full().await?;
+    };
+
+    let mut phases = Vec::new();
+    let mut phase = |name: &'static str| phases.push((name, started.elapsed()));
+    wait_for(FULL).await?;
+    phase("1000 up");
+    // A bulk delete at a steady size.
+    let doomed = some_pods(&pod_api, &uid, 7, 200).await?;
+    delete_pods(&pod_api, &stress, doomed).await?;
+    wait_for(FULL).await?;
+    phase("200 deleted and replaced");
+    // Scale down while a batch is deleted: until the controller reaches 600, pods above it are
+    // expected and so are its own deletes.
+    stress.deletes_expected.store(true, Ordering::SeqCst);
+    let doomed = some_pods(&pod_api, &uid, 300, 150).await?;
+    let (scaled, deleted) = tokio::join!(
+        scale(&client, &ns, "stress", i32::try_from(SCALED_DOWN)?),
+        delete_pods(&pod_api, &stress, doomed)
+    );
+    scaled?;
+    deleted?;
+    wait_for(SCALED_DOWN).await?;
+    phase("scaled down to 600");
+    stress.ceiling.store(SCALED_DOWN, Ordering::SeqCst);
+    // Let the watcher take a fresh baseline before attributing deletes again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stress.deletes_expected.store(false, Ordering::SeqCst);
+    // Scale back up while batches are deleted: the ceiling rises before the spec does.
+    stress.ceiling.store(FULL, Ordering::SeqCst);
+    scale(&client, &ns, "stress", i32::try_from(FULL)?).await?;
+    for batch in 0..3 {
+        let doomed = some_pods(&pod_api, &uid, batch * 11, 100).await?;
+        delete_pods(&pod_api, &stress, doomed).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    wait_for(FULL).await?;
+    phase("scaled up to 1000");
     // Everything at once.
+    stress.deletes_expected.store(true, Ordering::SeqCst);
     pod_api
         .delete_collection(
             &DeleteParams::default(),
             &ListParams::default().labels("app=stress"),
         )
         .await?;
-    wait_full().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stress.deletes_expected.store(false, Ordering::SeqCst);
+    wait_for(FULL).await?;
+    phase("all deleted and replaced");
     // Let a lagging controller show any overshoot before judging.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::SeqCst);
-    let observations = watcher.await?;
-    let max = max_seen.load(Ordering::SeqCst);
-    ensure!(observations > 10, "only {observations} observations");
+    stress.stop.store(true, Ordering::SeqCst);
+    let seen = watcher.await?;
+    eprintln!(
+        "phases (elapsed): {phases:?}, {} observations",
+        seen.observations
+    );
     ensure!(
-        max <= REPLICAS,
-        "saw {max} non-terminating owned pods for {REPLICAS} replicas\n{}",
+        seen.observations > 50,
+        "only {} observations",
+        seen.observations
+    );
+    ensure!(
+        seen.overshoots.is_empty(),
+        "saw more non-terminating owned pods than spec.replicas (count, replicas): {:?}\n{}",
+        seen.overshoots,
         cm_log(bed)
     );
-    // Any overshoot, even one between two observations, would have made the controller delete
-    // a pod of its own.
-    let own_deletes = events_for(&client, &ns, "stress", "SuccessfulDelete").await;
     ensure!(
-        own_deletes.is_empty(),
-        "the controller deleted pods it should never have created: {:?}",
-        own_deletes
-            .iter()
-            .map(|e| e.message.clone())
-            .collect::<Vec<_>>()
+        seen.controller_deletes.is_empty(),
+        "the controller deleted {} pods it should never have created: {:?}\n{}",
+        seen.controller_deletes.len(),
+        seen.controller_deletes,
+        cm_log(bed)
+    );
+    let status = Api::<ReplicaSet>::namespaced(client.clone(), &ns)
+        .get("stress")
+        .await?
+        .status
+        .context("status")?;
+    ensure!(
+        status.replicas <= i32::try_from(FULL)?,
+        "status.replicas {} above {FULL}",
+        status.replicas
     );
     Api::<ReplicaSet>::namespaced(client.clone(), &ns)
         .delete("stress", &DeleteParams::default())
