@@ -705,6 +705,11 @@ impl Bed {
         procs.iter_mut().find(|p| p.name == name)?.try_exit_code()
     }
 
+    /// "<name> log:" and the last 40 lines of a process's log, to explain a test's timeout.
+    pub fn log_tail(&self, name: &str) -> String {
+        format!("{name} log:\n{}", process::tail(&self.log(name), 40))
+    }
+
     /// The pid of a named process.
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.state().pids.get(name).copied()

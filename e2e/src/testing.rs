@@ -107,6 +107,22 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> Result<String> {
     Ok(name)
 }
 
+/// Creates the `default` ServiceAccount in `ns` unless it exists: without a serviceaccount
+/// controller (no controller manager, or a stock one told not to run it) pods cannot be admitted
+/// in a new namespace.
+pub async fn ensure_default_service_account(client: &kube::Client, ns: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))?;
+    match Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
 /// Polls `probe` every `every` until it returns Some, or fails after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(
     what: &str,

@@ -15,7 +15,7 @@ use ferrite_e2e::process::tail;
 use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Event, ServiceAccount};
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -58,16 +58,8 @@ async fn setup(prefix: &str) -> Result<(&'static Bed, kube::Client, String)> {
     let bed = bed().await?;
     let client = bed.client().await?;
     let ns = testing::namespace(&client, prefix).await?;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    match Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-        other => {
-            other?;
-        }
-    }
+    // The Ferrite serviceaccount controller may have made it already.
+    testing::ensure_default_service_account(&client, &ns).await?;
     Ok((bed, client, ns))
 }
 

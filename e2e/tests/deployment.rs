@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use ferrite_e2e::process::tail;
 use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component, stock};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -50,10 +49,7 @@ async fn bed() -> &'static Bed {
 }
 
 fn cm_log(bed: &Bed) -> String {
-    format!(
-        "ferrite controller manager log:\n{}",
-        tail(&bed.log("ferrite-cm"), 40)
-    )
+    bed.log_tail("ferrite-cm")
 }
 
 async fn setup(prefix: &str) -> Result<(&'static Bed, kube::Client, String)> {

@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use ferrite_e2e::process::tail;
 use ferrite_e2e::testing::{self, PrivateBed, eventually};
 use ferrite_e2e::{Bed, Component, stock};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -58,10 +57,7 @@ async fn start_bed(cm: Component) -> Result<PrivateBed> {
 }
 
 fn cm_log(bed: &Bed) -> String {
-    format!(
-        "controller manager log:\n{}",
-        tail(&bed.log("controller-manager"), 40)
-    )
+    bed.log_tail("controller-manager")
 }
 
 fn deployment(name: &str, replicas: i32, image: &str, strategy: Value) -> Result<Deployment> {

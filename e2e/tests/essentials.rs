@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use ferrite_e2e::bed::kwok_node;
-use ferrite_e2e::process::tail;
 use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
@@ -33,10 +32,7 @@ async fn bed() -> &'static Bed {
 
 /// The Ferrite controller manager's log, to explain a timeout.
 fn cm_log(bed: &Bed) -> String {
-    format!(
-        "controller manager log:\n{}",
-        tail(&bed.log("controller-manager"), 40)
-    )
+    bed.log_tail("controller-manager")
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {

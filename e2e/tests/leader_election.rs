@@ -8,7 +8,7 @@ use ferrite_e2e::testing::{
     self, PrivateBed, eventually, get_secure, master_status, metrics_reader_token, shared_bed,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 
 const LEASE_DURATION: f64 = 15.0;
@@ -306,10 +306,7 @@ async fn a_stock_kube_scheduler_sharing_the_lease_stays_standby_and_takes_over_w
     let ns = testing::namespace(&client, "le-stock-pods")
         .await
         .expect("ns");
-    let sa: ServiceAccount =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).expect("sa");
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
+    testing::ensure_default_service_account(&client, &ns)
         .await
         .expect("sa");
     let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -343,12 +340,13 @@ async fn a_stock_kube_scheduler_sharing_the_lease_stays_standby_and_takes_over_w
 async fn a_leader_cut_off_from_the_apiserver_past_the_renew_deadline_stops_and_exits_non_zero() {
     let bed = PrivateBed::start(|o| o).await.expect("private bed");
     let lease = "le-cutoff";
-    bed.start_ferrite(
-        "cutoff",
-        "controller-manager",
-        &[&format!("--leader-elect-resource-name={lease}")],
-    )
-    .expect("start");
+    let port = bed
+        .start_ferrite(
+            "cutoff",
+            "controller-manager",
+            &[&format!("--leader-elect-resource-name={lease}")],
+        )
+        .expect("start");
     eventually(
         "ferrite leads",
         Duration::from_secs(30),
@@ -357,6 +355,16 @@ async fn a_leader_cut_off_from_the_apiserver_past_the_renew_deadline_stops_and_e
     )
     .await
     .expect("leader");
+    // Acting: its controllers started and their caches synced (/readyz), so what the cut-off
+    // interrupts is a running leader, not its start-up.
+    eventually(
+        "ferrite is ready",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async { matches!(get_secure(port, "/readyz", None).await, Ok((200, _))).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; {}", bed.log_tail("cutoff")));
     let cut = Instant::now();
     bed.kill_apiserver();
     let code = eventually(
@@ -371,5 +379,9 @@ async fn a_leader_cut_off_from_the_apiserver_past_the_renew_deadline_stops_and_e
     eprintln!("leader exited {after:.1}s after the apiserver stopped, code {code}");
     assert_ne!(code, 0);
     // It rides out outages shorter than the renew deadline (10 s) before giving up.
-    assert!(after >= 8.0, "gave up after only {after:.1}s");
+    assert!(
+        after >= 8.0,
+        "gave up after only {after:.1}s; {}",
+        bed.log_tail("cutoff")
+    );
 }

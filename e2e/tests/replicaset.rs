@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use ferrite_e2e::process::tail;
 use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Event, Pod, ResourceQuota, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, Pod, ResourceQuota};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -30,10 +29,7 @@ async fn bed() -> &'static Bed {
 }
 
 fn cm_log(bed: &Bed) -> String {
-    format!(
-        "controller manager log:\n{}",
-        tail(&bed.log("controller-manager"), 40)
-    )
+    bed.log_tail("controller-manager")
 }
 
 /// A namespace with a `default` service account (pod admission needs it).
@@ -41,17 +37,8 @@ async fn setup(prefix: &str) -> Result<(&'static Bed, kube::Client, String)> {
     let bed = bed().await;
     let client = bed.client().await?;
     let ns = testing::namespace(&client, prefix).await?;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    match Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
-    {
-        // The Ferrite serviceaccount controller may have made it already.
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-        other => {
-            other?;
-        }
-    }
+    // The Ferrite serviceaccount controller may have made it already.
+    testing::ensure_default_service_account(&client, &ns).await?;
     Ok((bed, client, ns))
 }
 

@@ -15,7 +15,7 @@ use ferrite_e2e::bed::kwok_node;
 use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Event, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -48,10 +48,7 @@ impl Test {
         let serial = SERIAL.lock().await;
         let client = bed().await.client().await?;
         let ns = testing::namespace(&client, prefix).await?;
-        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &sa)
-            .await?;
+        testing::ensure_default_service_account(&client, &ns).await?;
         let pods = Api::namespaced(client.clone(), &ns);
         Ok(Test {
             client,
