@@ -62,9 +62,29 @@ impl ServiceAccountCredentials {
     }
 
     /// A client authenticated as `kube-system/<name>`, with a client-side rate limit of its own.
+    ///
+    /// Like upstream's builder, which polls until the token is there, a failing apiserver is
+    /// retried (1 s, doubling, for about 30 s) before giving up; cancellation stops the wait.
     pub async fn client_for(&self, name: &str) -> Result<kube::Client, CredentialsError> {
-        self.ensure_service_account(name).await?;
-        let (token, lifetime) = self.request_token(name).await?;
+        let mut wait = Duration::from_secs(1);
+        let (token, lifetime) = loop {
+            let attempt = async {
+                self.ensure_service_account(name).await?;
+                self.request_token(name).await
+            };
+            match attempt.await {
+                Ok(t) => break t,
+                Err(e) if wait <= Duration::from_secs(16) => {
+                    tracing::warn!(error = %e, "retrying in {wait:?}");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(e),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let current = Arc::new(RwLock::new(token));
         self.spawn_renewal(name.to_string(), current.clone(), lifetime);
         let builder = ClientBuilder::try_from(self.base.clone()).map_err(ClientError::from)?;
