@@ -125,13 +125,14 @@ where
                 e = stream.next() => e,
             };
             let Some(event) = event else { return };
-            let event = match event {
+            let mut event = match event {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
                     continue;
                 }
             };
+            trim_managed_fields(&mut event);
             match &event {
                 Event::Apply(obj) => {
                     let new = Arc::new(obj.clone());
@@ -188,6 +189,16 @@ where
             Some(old) => self.dispatch(Change::Updated { old: &old, new }),
             None => self.dispatch(Change::Added(new)),
         }
+    }
+}
+
+/// Drops `metadata.managedFields` before an object is cached, as kube-scheduler and
+/// kube-controller-manager do with their informers' transform (TrimManagedFields): no controller
+/// reads them, and on busy objects they are a large share of the cached bytes. A later PUT of a
+/// cached object without managedFields leaves the server's managedFields as they are.
+fn trim_managed_fields<K: Resource>(event: &mut Event<K>) {
+    if let Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) = event {
+        obj.meta_mut().managed_fields = None;
     }
 }
 
