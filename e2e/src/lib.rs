@@ -4,6 +4,7 @@
 //! [`testing`], which starts one bed per test binary and hands each test a fresh namespace.
 
 pub mod bed;
+pub mod bench;
 pub mod measure;
 pub mod process;
 pub mod stock;

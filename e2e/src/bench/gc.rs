@@ -1,0 +1,1 @@
+//! Garbage-collector benchmark. Filled in by its scenario.

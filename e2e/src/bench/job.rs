@@ -1,0 +1,1 @@
+//! Job benchmark (issue: Job controller). Filled in by its scenario.
