@@ -41,8 +41,9 @@ struct ControllerManagerArgs {
     /// sets true).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
     use_service_account_credentials: bool,
-    /// CA bundle published to every namespace as kube-root-ca.crt.
-    #[arg(long)]
+    /// CA bundle published to every namespace as kube-root-ca.crt; empty or unset: the CA this
+    /// process's client configuration trusts.
+    #[arg(long, value_parser = path_or_empty)]
     root_ca_file: Option<PathBuf>,
     /// Key used to sign service account tokens.
     #[arg(long)]
@@ -155,7 +156,14 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-fn controller_manager(args: ControllerManagerArgs) -> i32 {
+/// A path flag that may be given empty (`--root-ca-file=`), which Go flags allow.
+fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
+fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
+    // An empty path is unset, as with upstream's string flags.
+    args.root_ca_file = args.root_ca_file.filter(|p| !p.as_os_str().is_empty());
     // Validate everything before anything starts.
     let enabled = match ferrite_controllers::names::enabled(&args.controllers) {
         Ok(e) => e,
@@ -186,6 +194,7 @@ fn controller_manager(args: ControllerManagerArgs) -> i32 {
         cluster_name: args.cluster_name.clone(),
         use_service_account_credentials: args.use_service_account_credentials,
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        client_ca: None,
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(

@@ -43,6 +43,10 @@ pub struct ManagerOptions {
     pub use_service_account_credentials: bool,
     /// `--terminated-pod-gc-threshold` (upstream default 12500; 0 or less disables that part).
     pub terminated_pod_gc_threshold: i64,
+    /// PEM of the CA bundle this process's own client trusts: what the root CA publisher
+    /// publishes without `--root-ca-file` (upstream uses the client config's CAData). Filled in
+    /// from the client configuration by [`run`].
+    pub client_ca: Option<String>,
 }
 
 impl Default for ManagerOptions {
@@ -52,8 +56,21 @@ impl Default for ManagerOptions {
             cluster_name: "kubernetes".into(),
             use_service_account_credentials: false,
             terminated_pod_gc_threshold: crate::podgc::DEFAULT_TERMINATED_POD_GC_THRESHOLD,
+            client_ca: None,
         }
     }
+}
+
+/// DER certificates as one PEM bundle (64-column base64, `\n` line ends, as Go's `pem.Encode`).
+fn pem_bundle(der: &[Vec<u8>]) -> String {
+    let pems: Vec<pem::Pem> = der
+        .iter()
+        .map(|d| pem::Pem::new("CERTIFICATE", d.clone()))
+        .collect();
+    pem::encode_many_config(
+        &pems,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Sets a controller up (informers, handlers) and returns the future that runs it.
@@ -136,8 +153,11 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
 pub async fn run(
     ctx: Context,
     enabled: BTreeSet<&'static str>,
-    options: ManagerOptions,
+    mut options: ManagerOptions,
 ) -> Result<(), String> {
+    if options.client_ca.is_none() {
+        options.client_ca = ctx.config.root_cert.as_deref().map(pem_bundle);
+    }
     let missing: Vec<&str> = enabled
         .iter()
         .copied()
@@ -203,4 +223,24 @@ pub async fn run(
     ctx.token.cancelled().await;
     tracing::info!("controllers stopped");
     failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_ca_is_published_as_lf_pem_that_parses_back_to_the_same_certificates() {
+        let der = vec![vec![0x30u8; 100], vec![0x31u8; 10]];
+        let bundle = pem_bundle(&der);
+        assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(!bundle.contains('\r'));
+        assert!(bundle.lines().all(|l| l.len() <= 64));
+        let back: Vec<Vec<u8>> = pem::parse_many(&bundle)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect();
+        assert_eq!(back, der);
+    }
 }

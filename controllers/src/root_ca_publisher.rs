@@ -139,17 +139,19 @@ fn read_root_ca(path: &std::path::Path) -> Result<String, String> {
 }
 
 pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), String>>, String> {
-    let Some(path) = ctx.options.root_ca_file.clone() else {
-        // Upstream v1.37 falls back to the CA of its own client configuration; Ferrite's
-        // controller context has no client configuration to read it from, so without
-        // --root-ca-file the publisher does not run.
-        tracing::warn!(
-            controller = NAME,
-            "--root-ca-file is not set; not publishing {CONFIG_MAP_NAME}"
-        );
-        return Ok(async { Ok(()) }.boxed());
+    // Upstream (cmd/kube-controller-manager/app/certificates.go) publishes --root-ca-file, or
+    // without it the CA its own client configuration trusts.
+    let root_ca: Arc<str> = match (&ctx.options.root_ca_file, &ctx.options.client_ca) {
+        (Some(path), _) => read_root_ca(path)?.into(),
+        (None, Some(ca)) => ca.as_str().into(),
+        (None, None) => {
+            tracing::warn!(
+                controller = NAME,
+                "neither --root-ca-file nor a CA in the client configuration; not publishing {CONFIG_MAP_NAME}"
+            );
+            return Ok(async { Ok(()) }.boxed());
+        }
     };
-    let root_ca: Arc<str> = read_root_ca(&path)?.into();
     let queue: WorkQueue<String> =
         WorkQueue::new("root_ca_cert_publisher", RateLimiter::default_controller())
             .with_metrics(&ctx.queue_metrics);

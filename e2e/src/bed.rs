@@ -727,13 +727,15 @@ impl Bed {
     }
 }
 
-/// `base` followed by `extra`, where an explicit `--controllers` in `extra` replaces the bed's
-/// default one. (Both kube-controller-manager and Ferrite append repeated `--controllers` flags,
-/// so adding `--controllers=deployment` to the default `*` would still enable everything.)
+/// `base` followed by `extra`, where a flag named in `extra` replaces the bed's default for it
+/// (e.g. `--controllers=deployment` instead of `*`, or `--root-ca-file=` to unset it). Both
+/// kube-controller-manager and Ferrite append repeated `--controllers` flags, so adding one to
+/// the default `*` would still enable everything.
 pub fn with_extra(base: Vec<String>, extra: &[String]) -> Vec<String> {
-    let replaces_controllers = extra.iter().any(|a| a.starts_with("--controllers"));
+    let name = |a: &str| a.split_once('=').map_or(a, |(n, _)| n).to_owned();
+    let replaced: std::collections::HashSet<String> = extra.iter().map(|a| name(a)).collect();
     base.into_iter()
-        .filter(|a| !(replaces_controllers && a.starts_with("--controllers")))
+        .filter(|a| !replaced.contains(&name(a)))
         .chain(extra.iter().cloned())
         .collect()
 }
@@ -813,4 +815,33 @@ pub fn kwok_node(name: &str) -> Node {
         },
     }))
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_extra_flag_replaces_the_beds_default_of_the_same_name() {
+        let base = strings(&["--controllers=*", "--root-ca-file=/ca", "--v=2"]);
+        let extra = strings(&["--root-ca-file=", "--controllers=job"]);
+        assert_eq!(
+            with_extra(base, &extra),
+            strings(&["--v=2", "--root-ca-file=", "--controllers=job"])
+        );
+    }
+
+    #[test]
+    fn extra_flags_without_a_default_are_appended() {
+        let base = strings(&["--controllers=*"]);
+        let extra = strings(&["--leader-elect=false"]);
+        assert_eq!(
+            with_extra(base, &extra),
+            strings(&["--controllers=*", "--leader-elect=false"])
+        );
+    }
 }

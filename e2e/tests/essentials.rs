@@ -234,6 +234,47 @@ async fn an_edited_or_deleted_root_ca_config_map_is_repaired() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn without_root_ca_file_the_client_configurations_ca_is_published() -> Result<()> {
+    // Upstream falls back to the CA its own kubeconfig trusts; `--root-ca-file=` unsets the
+    // bed's default. A bed of its own: the shared one already publishes from the file.
+    let bed = testing::PrivateBed::start(|mut o| {
+        o.nodes = 0;
+        o.controller_manager = Component::Ferrite;
+        o.ferrite_args = vec![
+            "--root-ca-file=".into(),
+            "--controllers=root-ca-cert-publisher".into(),
+        ];
+        o
+    })
+    .await?;
+    let client = bed.client().await?;
+    let ns = testing::namespace(&client, "essentials-client-ca").await?;
+    let want: Vec<Vec<u8>> = pem::parse_many(bed_ca(&bed)?)?
+        .into_iter()
+        .map(|p| p.into_contents())
+        .collect();
+    let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    eventually(
+        "kube-root-ca.crt with the kubeconfig's CA",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let cm = api.get_opt(ROOT_CA_CONFIG_MAP).await.ok().flatten()?;
+            let published = cm.data?.get("ca.crt")?.clone();
+            let got: Vec<Vec<u8>> = pem::parse_many(published)
+                .ok()?
+                .into_iter()
+                .map(|p| p.into_contents())
+                .collect();
+            (got == want).then_some(())
+        },
+    )
+    .await
+    .with_context(|| bed.log_tail("controller-manager"))?;
+    Ok(())
+}
+
 fn has_rule(role: &ClusterRole, group: &str, resource: &str, verb: &str) -> bool {
     role.rules.as_deref().unwrap_or_default().iter().any(|r| {
         r.api_groups
