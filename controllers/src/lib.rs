@@ -1,6 +1,7 @@
 //! Ferrite's controllers — one module per kube-controller-manager controller — and the manager
 //! that runs the enabled ones.
 
+pub mod cache;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod deployment;

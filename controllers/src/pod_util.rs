@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::cache::Pod;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
@@ -201,7 +202,7 @@ fn requirement(expr: &LabelSelectorRequirement) -> Result<Requirement, SelectorE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::PodStatus;
+    use crate::cache::PodStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -23,13 +23,13 @@ pub mod util;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::cache::Pod;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::informer::{Change, Informer};
 use ferrite_runtime::workqueue::{RateLimiter, WorkQueue, run_workers};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::cache::Pod;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
 
 use super::sync::ScaleTo;
 use super::util::{actual_replica_count, rs_replicas};
@@ -45,7 +45,7 @@ pub fn old_pods_running(
 mod tests {
     use super::super::util::fixtures::*;
     use super::*;
-    use k8s_openapi::api::core::v1::PodStatus;
+    use crate::cache::PodStatus;
 
     fn pod(phase: &str) -> Pod {
         Pod {

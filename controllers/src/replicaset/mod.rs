@@ -13,6 +13,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::Pod;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::expectations::ControllerExpectations;
 use ferrite_runtime::informer::{Change, Informer};
@@ -21,7 +22,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::time::Instant;
@@ -504,7 +504,7 @@ impl Shared {
     async fn create_pod(&self, rs: &ReplicaSet) -> Result<(), SyncError> {
         let pod = plan::pod_from_template(rs)?;
         let namespace = rs.metadata.namespace.as_deref().unwrap_or("");
-        match Api::<Pod>::namespaced(self.client.clone(), namespace)
+        match Api::<k8s_openapi::api::core::v1::Pod>::namespaced(self.client.clone(), namespace)
             .create(&PostParams::default(), &pod)
             .await
         {

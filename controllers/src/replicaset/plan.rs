@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::cache::Pod;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::pod_util::{Selector, controller_of};
@@ -181,14 +181,16 @@ fn pods_prefix(name: &str) -> String {
 }
 
 /// Upstream `GetPodFromTemplate`: a pod from the ReplicaSet's template, owned by it.
-pub fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, TemplateError> {
+pub fn pod_from_template(
+    rs: &ReplicaSet,
+) -> Result<k8s_openapi::api::core::v1::Pod, TemplateError> {
     let template = rs.spec.template.as_ref();
     let meta = template.and_then(|t| t.metadata.as_ref());
     let labels: BTreeMap<String, String> = meta.and_then(|m| m.labels.clone()).unwrap_or_default();
     if labels.is_empty() {
         return Err(TemplateError::NoLabels);
     }
-    Ok(Pod {
+    Ok(k8s_openapi::api::core::v1::Pod {
         metadata: ObjectMeta {
             generate_name: Some(pods_prefix(rs.metadata.name.as_deref().unwrap_or(""))),
             namespace: rs.metadata.namespace.clone(),

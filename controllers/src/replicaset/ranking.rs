@@ -7,8 +7,8 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::cache::Pod;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
 
 use crate::pod_util::{is_pod_active, is_pod_ready, ready_since};
 
@@ -256,10 +256,9 @@ pub fn compare(a: &Ranked, b: &Ranked, now: Option<Timestamp>) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{Container, ContainerStatus, PodSpec, PodStatus};
     use jiff::SignedDuration;
-    use k8s_openapi::api::core::v1::{
-        Container, ContainerStatus, PodCondition, PodSpec, PodStatus,
-    };
+    use k8s_openapi::api::core::v1::PodCondition;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn now() -> Timestamp {

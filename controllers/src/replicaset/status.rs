@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::Pod;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::pod_util::{Selector, is_pod_available, is_pod_ready};
@@ -138,9 +138,10 @@ pub fn resync_after(rs: &ReplicaSet, status: &ReplicaSetStatus) -> Option<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::PodStatus;
     use jiff::SignedDuration;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, PodTemplateSpec};
+    use k8s_openapi::api::core::v1::{PodCondition, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
     use std::collections::BTreeMap;
 
