@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
+use crate::plugins::inter_pod_affinity::{NamespaceLabels, PodAffinityTerms};
 use crate::resources::{PodResources, Resource, pod_resources};
 
 /// A host port in use: (hostIP, protocol, port), with upstream's defaults filled in
@@ -55,16 +56,25 @@ pub struct PodInfo {
     pub pod: Arc<Pod>,
     pub resources: PodResources,
     pub ports: Vec<HostPort>,
+    /// The parsed pod (anti-)affinity, for pods that declare any (`PodsWithAffinity`). A pod
+    /// whose terms do not parse (the API validates them, so only in theory) counts as having
+    /// none.
+    pub affinity: Option<Arc<PodAffinityTerms>>,
 }
 
 impl PodInfo {
     pub fn new(pod: Arc<Pod>) -> Self {
         let resources = pod_resources(&pod);
         let ports = host_ports(&pod);
+        let affinity = PodAffinityTerms::declared(&pod)
+            .then(|| PodAffinityTerms::parse(&pod).ok())
+            .flatten()
+            .map(Arc::new);
         PodInfo {
             pod,
             resources,
             ports,
+            affinity,
         }
     }
 
@@ -167,6 +177,8 @@ pub struct Cache {
     /// Pods bound to nodes the cache does not know yet (upstream keeps "ghost" NodeInfos).
     orphans: HashMap<String, Vec<PodInfo>>,
     pods: HashMap<String, PodState>,
+    /// Namespace labels, for pod affinity terms' namespaceSelector.
+    namespaces: NamespaceLabels,
 }
 
 impl Cache {
@@ -180,6 +192,18 @@ impl Cache {
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes.get(name)
+    }
+
+    pub fn namespaces(&self) -> &NamespaceLabels {
+        &self.namespaces
+    }
+
+    pub fn upsert_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(name.to_string(), labels);
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
     }
 
     pub fn upsert_node(&mut self, node: Arc<Node>) {
@@ -406,6 +430,34 @@ mod tests {
         cache.upsert_pod(Arc::new(pod("a", Some("n1"), "1")));
         cache.upsert_node(node("n1", "4"));
         assert_eq!(cache.node("n1").expect("n1").requested.milli_cpu, 1000);
+    }
+
+    #[test]
+    fn pods_with_pod_affinity_carry_their_parsed_terms_and_others_none() {
+        let mut with = pod("a", Some("n1"), "1");
+        with.spec.as_mut().expect("spec").affinity = Some(
+            serde_json::from_value(json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}))
+            .expect("affinity"),
+        );
+        let pi = PodInfo::new(Arc::new(with));
+        let terms = pi.affinity.expect("parsed");
+        assert_eq!(terms.required_anti_affinity.len(), 1);
+        assert!(terms.required_anti_affinity[0].namespaces.contains("ns"));
+        assert!(
+            PodInfo::new(Arc::new(pod("b", Some("n1"), "1")))
+                .affinity
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn namespace_labels_follow_the_informer() {
+        let mut cache = Cache::default();
+        cache.upsert_namespace("ns", [("team".to_string(), "a".to_string())].into());
+        assert_eq!(cache.namespaces()["ns"]["team"], "a");
+        cache.remove_namespace("ns");
+        assert!(cache.namespaces().is_empty());
     }
 
     #[test]

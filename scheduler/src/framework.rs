@@ -10,11 +10,13 @@ use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
 use crate::cache::{Cache, NodeInfo};
+use crate::plugins::inter_pod_affinity::{self, NamespaceLabels};
 use crate::plugins::{
     Code, Status, image_locality, node_affinity, node_name, node_ports, node_resources,
-    node_unschedulable, taint_toleration,
+    node_unschedulable, pod_topology_spread, taint_toleration,
 };
 use crate::resources::{PodResources, pod_resources};
+use crate::selector::Selector;
 
 /// `minFeasibleNodesToFind`.
 pub const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
@@ -27,6 +29,16 @@ pub const WEIGHT_NODE_AFFINITY: i64 = 2;
 pub const WEIGHT_NODE_RESOURCES_FIT: i64 = 1;
 pub const WEIGHT_BALANCED_ALLOCATION: i64 = 1;
 pub const WEIGHT_IMAGE_LOCALITY: i64 = 1;
+pub const WEIGHT_POD_TOPOLOGY_SPREAD: i64 = 2;
+pub const WEIGHT_INTER_POD_AFFINITY: i64 = 2;
+
+/// What the PreFilter plugins computed over all nodes for one attempt (upstream's
+/// `CycleState`); `None` where the plugin skipped.
+#[derive(Clone, Debug, Default)]
+pub struct CycleState {
+    pub spread: Option<pod_topology_spread::PreFilterState>,
+    pub affinity: Option<inter_pod_affinity::PreFilterState>,
+}
 
 /// `numFeasibleNodesToFind` with no percentageOfNodesToScore configured: all nodes below 100,
 /// else an adaptive 50% − nodes/125 (at least 5%), never fewer than 100 nodes.
@@ -45,15 +57,23 @@ pub fn num_feasible_nodes_to_find(percentage: Option<u32>, num_all_nodes: usize)
     n.max(MIN_FEASIBLE_NODES_TO_FIND)
 }
 
-/// The filters of the default profile in upstream's order; the first rejection wins
-/// (`RunFilterPlugins` stops at the first non-success).
-pub fn run_filters(pod: &Pod, res: &PodResources, node: &NodeInfo) -> Option<Status> {
-    node_name::filter(pod, node)
-        .or_else(|| node_unschedulable::filter(pod, node))
+/// The filters of the default profile in upstream's order (default_plugins.go: NodeUnschedulable
+/// before NodeName); the first rejection wins (`RunFilterPlugins` stops at the first
+/// non-success).
+pub fn run_filters(
+    pod: &Pod,
+    res: &PodResources,
+    node: &NodeInfo,
+    state: &CycleState,
+) -> Option<Status> {
+    node_unschedulable::filter(pod, node)
+        .or_else(|| node_name::filter(pod, node))
         .or_else(|| taint_toleration::filter(pod, node))
         .or_else(|| node_affinity::filter(pod, node))
         .or_else(|| node_ports::filter(pod, node))
         .or_else(|| node_resources::filter(res, node))
+        .or_else(|| pod_topology_spread::filter(pod, state.spread.as_ref(), node))
+        .or_else(|| inter_pod_affinity::filter(state.affinity.as_ref(), node))
 }
 
 /// Why no node fits: each rejected node's status, and the status of nodes not looked at
@@ -156,6 +176,23 @@ pub enum ScheduleError {
     NoNodes,
 }
 
+impl ScheduleError {
+    /// The plugins that rejected the pod on some node or in PreFilter (`UnschedulablePlugins`),
+    /// which decide the cluster events that retry it.
+    pub fn rejecting_plugins(&self) -> std::collections::BTreeSet<&'static str> {
+        match self {
+            ScheduleError::Fit(fe) => fe
+                .diagnosis
+                .node_to_status
+                .values()
+                .chain(fe.diagnosis.absent_status.iter())
+                .map(|s| s.plugin)
+                .collect(),
+            ScheduleError::NoNodes => std::collections::BTreeSet::new(),
+        }
+    }
+}
+
 /// The chosen node and how much of the cluster was looked at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleResult {
@@ -191,6 +228,7 @@ impl Algorithm {
         res: &PodResources,
         nodes: &[&'a NodeInfo],
         all_nodes: usize,
+        state: &CycleState,
     ) -> (Vec<&'a NodeInfo>, Diagnosis) {
         let all = nodes.len();
         let mut diagnosis = Diagnosis::default();
@@ -203,7 +241,7 @@ impl Algorithm {
         for i in 0..all {
             let node = nodes[(self.next_start_node_index + i) % all];
             processed += 1;
-            match run_filters(pod, res, node) {
+            match run_filters(pod, res, node, state) {
                 None => {
                     feasible.push(node);
                     if feasible.len() >= to_find {
@@ -221,11 +259,25 @@ impl Algorithm {
         (feasible, diagnosis)
     }
 
-    /// One attempt: `schedulePod`.
+    /// One attempt for a pod without system-default spreading (no owning Service or
+    /// controller); see [`Algorithm::schedule_with`].
     pub fn schedule(
         &mut self,
         pod: &Pod,
         cache: &Cache,
+        rng: &mut impl Rng,
+    ) -> Result<ScheduleResult, ScheduleError> {
+        self.schedule_with(pod, cache, &Selector::everything(), rng)
+    }
+
+    /// One attempt: `schedulePod`. `default_spread_selector` is `helper.DefaultSelector` for
+    /// the pod (the selectors of its Services and controller), which PodTopologySpread's
+    /// system-default constraints use; an empty selector means none.
+    pub fn schedule_with(
+        &mut self,
+        pod: &Pod,
+        cache: &Cache,
+        default_spread_selector: &Selector,
         rng: &mut impl Rng,
     ) -> Result<ScheduleResult, ScheduleError> {
         let nodes: Vec<&NodeInfo> = cache.nodes().collect();
@@ -233,6 +285,22 @@ impl Algorithm {
             return Err(ScheduleError::NoNodes);
         }
         let res = pod_resources(pod);
+        // Every node shares a PreFilter rejection, and only its message is listed.
+        let pre_filter_rejection = |status: Status| {
+            let diagnosis = Diagnosis {
+                node_to_status: BTreeMap::new(),
+                pre_filter_msg: status.reasons.join(", "),
+                absent_status: Some(status),
+            };
+            let post_filter_msg = preemption_message(pod, &diagnosis, nodes.len());
+            ScheduleError::Fit(Box::new(FitError {
+                num_all_nodes: nodes.len(),
+                diagnosis,
+                post_filter_msg,
+            }))
+        };
+        // PreFilter in the default profile's order: NodeAffinity, (NodePorts,
+        // NodeResourcesFit: nothing to precompute here), PodTopologySpread, InterPodAffinity.
         let candidates: Vec<&NodeInfo> = match node_affinity::pre_filter(pod) {
             Ok(None) => nodes.clone(),
             Ok(Some(names)) => nodes
@@ -240,24 +308,17 @@ impl Algorithm {
                 .copied()
                 .filter(|n| names.contains(n.name()))
                 .collect(),
-            Err(status) => {
-                // Every node shares the PreFilter status, and only its message is listed.
-                let diagnosis = Diagnosis {
-                    node_to_status: BTreeMap::new(),
-                    pre_filter_msg: status.reasons.join(", "),
-                    absent_status: Some(status),
-                };
-                let post_filter_msg = preemption_message(pod, &diagnosis, nodes.len());
-                return Err(ScheduleError::Fit(Box::new(FitError {
-                    num_all_nodes: nodes.len(),
-                    diagnosis,
-                    post_filter_msg,
-                })));
-            }
+            Err(status) => return Err(pre_filter_rejection(status)),
+        };
+        let state = CycleState {
+            spread: pod_topology_spread::pre_filter(pod, &nodes, default_spread_selector)
+                .map_err(&pre_filter_rejection)?,
+            affinity: inter_pod_affinity::pre_filter(pod, &nodes, cache.namespaces())
+                .map_err(&pre_filter_rejection)?,
         };
         let narrowed = candidates.len() != nodes.len();
         let (feasible, mut diagnosis) =
-            self.find_nodes_that_fit(pod, &res, &candidates, nodes.len());
+            self.find_nodes_that_fit(pod, &res, &candidates, nodes.len(), &state);
         if narrowed {
             diagnosis.absent_status = Some(Status::new(
                 Code::UnschedulableAndUnresolvable,
@@ -281,7 +342,14 @@ impl Algorithm {
                 feasible_nodes: 1,
             });
         }
-        let scores = prioritize_nodes(pod, &res, &feasible, nodes.len());
+        let scores = prioritize_nodes(
+            pod,
+            &res,
+            &feasible,
+            &nodes,
+            default_spread_selector,
+            cache.namespaces(),
+        );
         let host = select_host(&scores, rng).unwrap_or_default();
         Ok(ScheduleResult {
             suggested_host: host,
@@ -291,13 +359,47 @@ impl Algorithm {
     }
 }
 
-/// `prioritizeNodes`: each score plugin's (normalized) scores times its weight, summed.
+/// `prioritizeNodes`: each score plugin's (normalized) scores times its weight, summed. Plugins
+/// whose PreScore skips contribute 0.
 pub fn prioritize_nodes(
     pod: &Pod,
     res: &PodResources,
     nodes: &[&NodeInfo],
-    total_nodes: usize,
+    all_nodes: &[&NodeInfo],
+    default_spread_selector: &Selector,
+    namespaces: &NamespaceLabels,
 ) -> Vec<NodeScore> {
+    let total_nodes = all_nodes.len();
+    let spread: Vec<i64> = match pod_topology_spread::pre_score(
+        pod,
+        nodes,
+        all_nodes,
+        default_spread_selector,
+        true,
+    ) {
+        Some(state) => {
+            let mut s: Vec<i64> = nodes
+                .iter()
+                .map(|n| pod_topology_spread::score(pod, &state, n))
+                .collect();
+            let names: Vec<&str> = nodes.iter().map(|n| n.name()).collect();
+            pod_topology_spread::normalize(&state, &names, &mut s);
+            s
+        }
+        None => vec![0; nodes.len()],
+    };
+    let inter_pod: Vec<i64> =
+        match inter_pod_affinity::pre_score(pod, nodes.len(), all_nodes, namespaces) {
+            Some(state) => {
+                let mut s: Vec<i64> = nodes
+                    .iter()
+                    .map(|n| inter_pod_affinity::score(&state, n))
+                    .collect();
+                inter_pod_affinity::normalize(&mut s);
+                s
+            }
+            None => vec![0; nodes.len()],
+        };
     let mut taint: Vec<i64> = nodes
         .iter()
         .map(|n| taint_toleration::score(pod, n))
@@ -324,7 +426,9 @@ pub fn prioritize_nodes(
                 } else {
                     0
                 }
-                + image_locality::score(pod, n, total_nodes) * WEIGHT_IMAGE_LOCALITY,
+                + image_locality::score(pod, n, total_nodes) * WEIGHT_IMAGE_LOCALITY
+                + spread[i] * WEIGHT_POD_TOPOLOGY_SPREAD
+                + inter_pod[i] * WEIGHT_INTER_POD_AFFINITY,
         })
         .collect()
 }
@@ -592,11 +696,12 @@ mod tests {
         let mut alg = Algorithm::default();
         let p = pod(json!({}));
         let res = pod_resources(&p);
-        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len());
+        let st = CycleState::default();
+        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len(), &st);
         // 200 nodes: 50 − 1 = 49 % → 98, raised to the 100-node minimum.
         assert_eq!(feasible.len(), 100);
         assert_eq!(alg.next_start_node_index, 100);
-        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len());
+        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len(), &st);
         assert_eq!(feasible[0].name(), "n100");
         assert_eq!(alg.next_start_node_index, 0);
     }
@@ -636,12 +741,142 @@ mod tests {
         assert_eq!(select_host(&[], &mut rng), None);
     }
 
+    fn zoned_cache(zones: &[(&str, &str, usize)]) -> Cache {
+        let mut c = Cache::default();
+        for (name, zone, pods) in zones {
+            c.upsert_node(Arc::new(raw_node(json!({"name": name,
+                "labels": {"topology.kubernetes.io/zone": zone, "kubernetes.io/hostname": name}}))));
+            for i in 0..*pods {
+                let mut p = crate::testutil::labelled_pod(
+                    &format!("{name}-{i}"),
+                    "ns",
+                    json!({"app": "web"}),
+                    json!({"nodeName": name}),
+                );
+                p.spec.as_mut().expect("spec").node_name = Some(name.to_string());
+                c.upsert_pod(Arc::new(p));
+            }
+        }
+        c
+    }
+
+    fn spread_pod(extra: serde_json::Value) -> Pod {
+        let mut c = json!({"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}});
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        crate::testutil::labelled_pod(
+            "new",
+            "ns",
+            json!({"app": "web"}),
+            json!({"topologySpreadConstraints": [c]}),
+        )
+    }
+
+    #[test]
+    fn a_spread_pod_goes_to_the_zone_that_keeps_the_skew() {
+        let c = zoned_cache(&[("a", "z1", 1), ("b", "z2", 1), ("c", "z3", 0)]);
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let r = alg
+            .schedule(&spread_pod(json!({})), &c, &mut rng)
+            .expect("fits");
+        assert_eq!(r.suggested_host, "c");
+    }
+
+    #[test]
+    fn a_pod_that_would_break_the_skew_everywhere_reports_upstreams_message() {
+        let c = zoned_cache(&[("a", "z1", 1), ("b", "z2", 1)]);
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let err = alg
+            .schedule(&spread_pod(json!({"minDomains": 3})), &c, &mut rng)
+            .expect_err("no fit");
+        assert_eq!(
+            err.to_string(),
+            "0/2 nodes are available: 2 node(s) didn't match pod topology spread constraints. \
+             preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
+        );
+    }
+
+    #[test]
+    fn required_anti_affinity_on_hostname_keeps_pods_apart() {
+        let c = zoned_cache(&[("a", "z1", 1), ("b", "z1", 0)]);
+        let p = crate::testutil::labelled_pod(
+            "new",
+            "ns",
+            json!({"app": "web"}),
+            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+        );
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        assert_eq!(
+            alg.schedule(&p, &c, &mut rng).expect("fits").suggested_host,
+            "b"
+        );
+    }
+
+    #[test]
+    fn an_owned_pod_is_spread_by_the_system_defaults() {
+        // Both nodes equally loaded otherwise; "a" already runs two pods of the same Service.
+        let mut c = zoned_cache(&[("a", "z1", 2), ("b", "z2", 0)]);
+        for i in 0..2 {
+            let mut p = crate::testutil::labelled_pod(
+                &format!("other-{i}"),
+                "ns",
+                json!({"app": "other"}),
+                json!({}),
+            );
+            p.spec.as_mut().expect("spec").node_name = Some("b".into());
+            c.upsert_pod(Arc::new(p));
+        }
+        let p = crate::testutil::labelled_pod("new", "ns", json!({"app": "web"}), json!({}));
+        let sel = Selector::from_set(&[("app".to_string(), "web".to_string())].into());
+        let mut alg = Algorithm::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..5 {
+            let r = alg.schedule_with(&p, &c, &sel, &mut rng).expect("fits");
+            assert_eq!(r.suggested_host, "b");
+        }
+        let scores = prioritize_nodes(
+            &p,
+            &pod_resources(&p),
+            &c.nodes().collect::<Vec<_>>(),
+            &c.nodes().collect::<Vec<_>>(),
+            &sel,
+            c.namespaces(),
+        );
+        let spread_free = prioritize_nodes(
+            &p,
+            &pod_resources(&p),
+            &c.nodes().collect::<Vec<_>>(),
+            &c.nodes().collect::<Vec<_>>(),
+            &Selector::everything(),
+            c.namespaces(),
+        );
+        assert_eq!(
+            scores[1].total - spread_free[1].total,
+            100 * WEIGHT_POD_TOPOLOGY_SPREAD,
+            "b gets the full spread score"
+        );
+    }
+
+    #[test]
+    fn node_unschedulable_is_checked_before_node_name() {
+        let p = pod(json!({"nodeName": "elsewhere"}));
+        let n = node(json!({"name": "n", "unschedulable": true}));
+        let s = run_filters(&p, &pod_resources(&p), &n, &CycleState::default()).expect("rejected");
+        assert_eq!(s.plugin, node_unschedulable::NAME);
+    }
+
     #[test]
     fn filters_run_in_upstream_order_and_stop_at_the_first_rejection() {
         let p = pod_requesting("p", 5000, 0);
         let n =
             node(json!({"unschedulable": true, "taints": [{"key": "k", "effect": "NoSchedule"}]}));
-        let s = run_filters(&p, &pod_resources(&p), &n).expect("rejected");
+        let s = run_filters(&p, &pod_resources(&p), &n, &CycleState::default()).expect("rejected");
         assert_eq!(s.plugin, node_unschedulable::NAME);
     }
 }

@@ -7,7 +7,7 @@
 //! - this file: the shell — informer handlers feed the cache and queue, one loop runs the
 //!   scheduling cycles, and bindings, status patches and events run asynchronously.
 //!
-//! Not yet covered: PodTopologySpread, InterPodAffinity, volume plugins, DRA, preemption (the
+//! Not yet covered: volume plugins, DRA, preemption (the
 //! FailedScheduling message says what upstream's PostFilter says when it finds no victims),
 //! extenders, multiple profiles and `--config`.
 
@@ -18,6 +18,7 @@ pub mod plugins;
 pub mod quantity;
 pub mod queue;
 pub mod resources;
+pub mod selector;
 #[cfg(test)]
 mod testutil;
 
@@ -27,14 +28,17 @@ use std::time::{Duration, Instant};
 use ferrite_runtime::component::Context;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::informer::{Change, Informer};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
 use crate::framework::Algorithm;
 use crate::metrics::Metrics;
+use crate::plugins::pod_topology_spread::{self, OwnerObjects};
 use crate::queue::{SchedulingQueue, pod_key};
+use crate::selector::Selector;
 
 /// The default profile's name, which is also the events' reporting component.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
@@ -129,6 +133,73 @@ fn node_changed_for_scheduling(old: &Node, new: &Node) -> bool {
         || status(old) != status(new)
 }
 
+/// The listers PodTopologySpread's system-default constraints consult (`setListers`).
+#[derive(Clone)]
+struct SpreadListers {
+    services: Informer<Service>,
+    replication_controllers: Informer<ReplicationController>,
+    replica_sets: Informer<ReplicaSet>,
+    stateful_sets: Informer<StatefulSet>,
+}
+
+impl SpreadListers {
+    /// `helper.DefaultSelector` over the informer caches; only pods without constraints of
+    /// their own use it.
+    fn default_selector(&self, pod: &Pod) -> Selector {
+        let declared = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        if declared {
+            return Selector::everything();
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let services = self
+            .services
+            .store()
+            .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns));
+        let controller = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        let (mut rc, mut rs, mut ss) = (None, None, None);
+        if let Some(o) = controller {
+            match (o.api_version.as_str(), o.kind.as_str()) {
+                ("v1", "ReplicationController") => {
+                    rc = self.replication_controllers.get(Some(ns), &o.name)
+                }
+                ("apps/v1", "ReplicaSet") => rs = self.replica_sets.get(Some(ns), &o.name),
+                ("apps/v1", "StatefulSet") => ss = self.stateful_sets.get(Some(ns), &o.name),
+                _ => {}
+            }
+        }
+        let owners = OwnerObjects {
+            services: services.iter().map(|s| s.as_ref()).collect(),
+            replication_controller: rc.as_deref(),
+            replica_set: rs.as_deref(),
+            stateful_set: ss.as_deref(),
+        };
+        pod_topology_spread::default_selector(pod, &owners)
+    }
+}
+
+fn register_namespace_handler(shared: &Arc<Shared>, namespaces: &Informer<Namespace>) {
+    let s = shared.clone();
+    namespaces.add_handler(move |change| match change {
+        Change::Added(ns) | Change::Updated { new: ns, .. } => {
+            let labels = ns.metadata.labels.clone().unwrap_or_default();
+            lock(&s.cache)
+                .upsert_namespace(ns.metadata.name.as_deref().unwrap_or_default(), labels);
+        }
+        Change::Deleted(ns) => {
+            lock(&s.cache).remove_namespace(ns.metadata.name.as_deref().unwrap_or_default());
+        }
+    });
+}
+
 fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Informer<Pod>) {
     let s = shared.clone();
     nodes.add_handler(move |change| {
@@ -157,6 +228,8 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
             Change::Added(p) => {
                 if assigned(p) {
                     lock(&s.cache).upsert_pod(p.clone());
+                    // AssignedPodAdd: a new pod can satisfy pod affinity or spreading.
+                    lock(&s.queue).move_for_assigned_pod_event(now);
                 } else if pending(p) {
                     lock(&s.queue).add(p.clone(), now);
                 }
@@ -166,6 +239,12 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
                     lock(&s.cache).upsert_pod(new.clone());
                     if !assigned(old) {
                         lock(&s.queue).delete(&pod_key(new));
+                    }
+                    // AssignedPodAdd (a binding) and AssignedPodUpdate of labels can satisfy
+                    // pod affinity or topology spreading (InterPodAffinity and
+                    // PodTopologySpread EventsToRegister).
+                    if !assigned(old) || old.metadata.labels != new.metadata.labels {
+                        lock(&s.queue).move_for_assigned_pod_event(now);
                     }
                     // A pod finishing frees its node (AssignedPodDelete-like event upstream).
                     if terminal(new) && !terminal(old) {
@@ -201,6 +280,13 @@ pub async fn run(ctx: Context) -> Result<(), String> {
     let nodes = ctx.informers.informer::<Node>();
     let pods = ctx.informers.informer::<Pod>();
     register_handlers(&shared, &nodes, &pods);
+    register_namespace_handler(&shared, &ctx.informers.informer::<Namespace>());
+    let spread_listers = SpreadListers {
+        services: ctx.informers.informer::<Service>(),
+        replication_controllers: ctx.informers.informer::<ReplicationController>(),
+        replica_sets: ctx.informers.informer::<ReplicaSet>(),
+        stateful_sets: ctx.informers.informer::<StatefulSet>(),
+    };
     ctx.informers.start(ctx.token.clone());
     ctx.informers.wait_for_cache_sync().await;
     ctx.health.set_ready(true);
@@ -235,6 +321,7 @@ pub async fn run(ctx: Context) -> Result<(), String> {
         shared: shared.clone(),
         metrics: metrics.clone(),
         pods: pods.clone(),
+        spread_listers,
     };
     let mut algorithm = Algorithm::default();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -262,6 +349,7 @@ struct Binder {
     shared: Arc<Shared>,
     metrics: Metrics,
     pods: Informer<Pod>,
+    spread_listers: SpreadListers,
 }
 
 impl Binder {
@@ -281,9 +369,10 @@ impl Binder {
             lock(&self.shared.queue).done(&qp.key);
             return;
         }
+        let default_selector = self.spread_listers.default_selector(&pod);
         let result = {
             let cache = lock(&self.shared.cache);
-            algorithm.schedule(&pod, &cache, rng)
+            algorithm.schedule_with(&pod, &cache, &default_selector, rng)
         };
         match result {
             Ok(r) => {
@@ -294,7 +383,11 @@ impl Binder {
                 });
             }
             Err(e) => {
-                lock(&self.shared.queue).requeue_after_failure(&qp.key, true, Instant::now());
+                {
+                    let mut q = lock(&self.shared.queue);
+                    q.set_unschedulable_plugins(&qp.key, e.rejecting_plugins());
+                    q.requeue_after_failure(&qp.key, true, Instant::now());
+                }
                 self.metrics.attempt(
                     metrics::UNSCHEDULABLE,
                     DEFAULT_SCHEDULER_NAME,

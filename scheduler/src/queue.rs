@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::cache::pod_priority;
-use crate::plugins::scheduling_gates;
+use crate::plugins::{inter_pod_affinity, pod_topology_spread, scheduling_gates};
 
 pub const POD_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const POD_MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -57,6 +57,22 @@ struct Entry {
     /// Backing off after an error rather than a rejection: never popped early, so a persistent
     /// error cannot spin.
     error_backoff: bool,
+    /// The plugins that rejected the pod in its last attempt (`UnschedulablePlugins`); empty
+    /// when unknown, which any event may resolve.
+    unschedulable_plugins: BTreeSet<&'static str>,
+}
+
+/// Plugins whose verdict a bound pod appearing or changing its labels can change
+/// (`EventsToRegister` of PodTopologySpread and InterPodAffinity; Pod deletion is covered by
+/// [`SchedulingQueue::move_all_to_active_or_backoff`]).
+pub const ASSIGNED_POD_EVENT_PLUGINS: [&str; 2] =
+    [pod_topology_spread::NAME, inter_pod_affinity::NAME];
+
+fn affected_by_assigned_pod_event(plugins: &BTreeSet<&'static str>) -> bool {
+    plugins.is_empty()
+        || plugins
+            .iter()
+            .any(|p| ASSIGNED_POD_EVENT_PLUGINS.contains(p))
 }
 
 type ActiveKey = (Reverse<i32>, Instant, u64, String);
@@ -79,6 +95,9 @@ pub struct SchedulingQueue {
     /// The cycle of the last move request (`moveRequestCycle`): a pod failing in an earlier or
     /// the same cycle may have missed the event, so it goes to backoff instead of waiting.
     move_request_cycle: Option<u64>,
+    /// The cycle of the last bound-pod add/label change, which only pods rejected by
+    /// [`ASSIGNED_POD_EVENT_PLUGINS`] can have missed.
+    assigned_pod_event_cycle: Option<u64>,
 }
 
 pub fn pod_key(pod: &Pod) -> String {
@@ -161,6 +180,7 @@ impl SchedulingQueue {
                 active_key: None,
                 gone: false,
                 error_backoff: false,
+                unschedulable_plugins: BTreeSet::new(),
             },
         );
         if !gated {
@@ -239,6 +259,32 @@ impl SchedulingQueue {
         self.move_request_cycle = Some(self.scheduling_cycle);
     }
 
+    /// `MoveAllToActiveOrBackoffQueue(AssignedPodAdd / AssignedPodUpdate)`: only pods that a
+    /// bound pod can help (rejected by PodTopologySpread or InterPodAffinity) move, as
+    /// upstream's event registration decides; a pod failing for resources stays put.
+    pub fn move_for_assigned_pod_event(&mut self, now: Instant) {
+        let keys: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.at == Where::Unschedulable
+                    && affected_by_assigned_pod_event(&e.unschedulable_plugins)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.requeue_unschedulable(&k, now);
+        }
+        self.assigned_pod_event_cycle = Some(self.scheduling_cycle);
+    }
+
+    /// Records which plugins rejected the pod, before [`SchedulingQueue::requeue_after_failure`].
+    pub fn set_unschedulable_plugins(&mut self, key: &str, plugins: BTreeSet<&'static str>) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.unschedulable_plugins = plugins;
+        }
+    }
+
     /// `flushBackoffQCompleted` and `flushUnschedulablePodsLeftover`, run by the caller's timer.
     pub fn flush(&mut self, now: Instant) {
         let done: Vec<String> = self
@@ -312,7 +358,11 @@ impl SchedulingQueue {
         }
         e.info.timestamp = now;
         e.error_backoff = !unschedulable;
-        let missed_event = self.move_request_cycle.is_some_and(|c| c >= e.info.cycle);
+        let missed_event = self.move_request_cycle.is_some_and(|c| c >= e.info.cycle)
+            || (self
+                .assigned_pod_event_cycle
+                .is_some_and(|c| c >= e.info.cycle)
+                && affected_by_assigned_pod_event(&e.unschedulable_plugins));
         if scheduling_gates::pre_enqueue(&e.info.pod).is_some() {
             e.at = Where::Gated;
         } else if !unschedulable || missed_event {
@@ -420,6 +470,46 @@ mod tests {
         assert_eq!(q.where_is("ns/p"), Some(Where::Backoff));
         q.flush(t + Duration::from_secs(1));
         assert_eq!(q.where_is("ns/p"), Some(Where::Active));
+    }
+
+    #[test]
+    fn a_bound_pod_event_retries_only_pods_rejected_by_spreading_or_pod_affinity() {
+        let t = Instant::now();
+        let mut q = SchedulingQueue::default();
+        q.add(pod("cpu", 0, json!({})), t);
+        q.add(pod("spread", 0, json!({})), t);
+        for _ in 0..2 {
+            let p = q.pop(t).expect("pop");
+            let plugin = if p.key == "ns/cpu" {
+                "NodeResourcesFit"
+            } else {
+                pod_topology_spread::NAME
+            };
+            q.set_unschedulable_plugins(&p.key, BTreeSet::from([plugin]));
+            q.requeue_after_failure(&p.key, true, t);
+        }
+        q.move_for_assigned_pod_event(t + Duration::from_secs(20));
+        assert_eq!(q.where_is("ns/cpu"), Some(Where::Unschedulable));
+        assert_eq!(q.where_is("ns/spread"), Some(Where::Active));
+    }
+
+    #[test]
+    fn a_pod_rejected_for_resources_does_not_count_a_bound_pod_event_as_missed() {
+        let t = Instant::now();
+        let mut q = SchedulingQueue::default();
+        q.add(pod("cpu", 0, json!({})), t);
+        let p = q.pop(t).expect("pop");
+        // A binding lands while the attempt is in flight.
+        q.move_for_assigned_pod_event(t);
+        q.set_unschedulable_plugins(&p.key, BTreeSet::from(["NodeResourcesFit"]));
+        q.requeue_after_failure(&p.key, true, t);
+        assert_eq!(q.where_is("ns/cpu"), Some(Where::Unschedulable));
+        q.add(pod("aff", 0, json!({})), t);
+        let p = q.pop(t).expect("pop");
+        q.move_for_assigned_pod_event(t);
+        q.set_unschedulable_plugins(&p.key, BTreeSet::from([inter_pod_affinity::NAME]));
+        q.requeue_after_failure(&p.key, true, t);
+        assert_eq!(q.where_is("ns/aff"), Some(Where::Backoff));
     }
 
     #[test]

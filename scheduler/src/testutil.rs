@@ -66,3 +66,14 @@ pub fn node_with(desc: Value, pods: Vec<Pod>) -> NodeInfo {
     }
     n
 }
+
+/// A pod with a name, namespace and labels, and the given spec.
+pub fn labelled_pod(name: &str, ns: &str, labels: Value, spec: Value) -> Pod {
+    let mut p = pod(spec);
+    p.metadata.name = Some(name.to_string());
+    p.metadata.namespace = Some(ns.to_string());
+    p.metadata.uid = Some(format!("{ns}-{name}-uid"));
+    p.metadata.labels =
+        serde_json::from_value(labels).unwrap_or_else(|e| panic!("bad labels fixture: {e}"));
+    p
+}

@@ -4,11 +4,13 @@
 //! the framework normalizes and weighs.
 
 pub mod image_locality;
+pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_name;
 pub mod node_ports;
 pub mod node_resources;
 pub mod node_unschedulable;
+pub mod pod_topology_spread;
 pub mod scheduling_gates;
 pub mod taint_toleration;
 
