@@ -5,6 +5,7 @@ pub mod cache;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod deployment;
+pub mod garbage_collector;
 pub mod manager;
 pub mod names;
 pub mod pod_util;

@@ -66,6 +66,15 @@ impl ServiceAccountCredentials {
     /// Like upstream's builder, which polls until the token is there, a failing apiserver is
     /// retried (1 s, doubling, for about 30 s) before giving up; cancellation stops the wait.
     pub async fn client_for(&self, name: &str) -> Result<kube::Client, CredentialsError> {
+        self.client_for_with_qps(name, self.qps).await
+    }
+
+    /// [`Self::client_for`] with another QPS (upstream raises some controllers' `config.QPS`).
+    pub async fn client_for_with_qps(
+        &self,
+        name: &str,
+        qps: f32,
+    ) -> Result<kube::Client, CredentialsError> {
         let mut wait = Duration::from_secs(1);
         let (token, lifetime) = loop {
             let attempt = async {
@@ -89,7 +98,7 @@ impl ServiceAccountCredentials {
         self.spawn_renewal(name.to_string(), current.clone(), lifetime);
         let builder = ClientBuilder::try_from(self.base.clone()).map_err(ClientError::from)?;
         let bearer = BearerLayer { token: current };
-        Ok(match RateLimitLayer::new(self.qps, self.burst) {
+        Ok(match RateLimitLayer::new(qps, self.burst) {
             Some(limit) => builder.with_layer(&bearer).with_layer(&limit).build(),
             None => builder.with_layer(&bearer).build(),
         })
