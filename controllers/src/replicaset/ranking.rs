@@ -304,7 +304,6 @@ mod tests {
                 init_containers: Some(vec![Container {
                     name: "sidecar".into(),
                     restart_policy: Some("Always".into()),
-                    ..Container::default()
                 }]),
                 ..PodSpec::default()
             });
