@@ -6,6 +6,7 @@ pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod deployment;
 pub mod garbage_collector;
+pub mod job;
 pub mod manager;
 pub mod names;
 pub mod pod_util;

@@ -129,6 +129,10 @@ pub const IMPLEMENTED: &[Controller] = &[
         start: crate::replicaset::start,
     },
     Controller {
+        name: crate::job::NAME,
+        start: crate::job::start,
+    },
+    Controller {
         name: crate::garbage_collector::NAME,
         start: crate::garbage_collector::start,
     },
