@@ -9,5 +9,6 @@ pub mod measure;
 pub mod process;
 pub mod stock;
 pub mod testing;
+pub mod validity;
 
 pub use bed::{Bed, BedOptions, Component};

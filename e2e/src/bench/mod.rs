@@ -3,6 +3,7 @@
 
 pub mod gc;
 pub mod job;
+pub mod scheduler;
 
 use crate::measure::ProcessStats;
 

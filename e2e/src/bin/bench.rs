@@ -6,6 +6,20 @@
 //!       time until a Deployment is Available, time for a full rolling update of it, and the
 //!       controller manager's CPU-seconds and peak RSS (both run only the deployment and
 //!       replicaset controllers; stock kube-scheduler binds the pods).
+//!
+//!   bench job [--nodes 100] [--completions 2000] [--parallelism 200]
+//!       time until a Job is Complete (kwok completes its pods), and the controller manager's
+//!       CPU-seconds and peak RSS (both run only the job controller).
+//!
+//!   bench gc [--objects 20000] [--namespaces 50] [--pods 2000] [--nodes 25]
+//!       the garbage collector's graph over many ConfigMaps (time until collecting, CPU-seconds,
+//!       peak RSS) and the time to collect a deleted Deployment's pods.
+//!
+//!   bench scheduler [--nodes 500] [--init-pods 500] [--measure-pods 2000]
+//!                   [--workload basic|anti-affinity|spread|node-affinity|preemption|all]
+//!       scheduler_perf-style throughput (average, p50/p90 per second), scheduling attempt p99,
+//!       the scheduler's CPU-seconds and peak RSS, stock kube-scheduler vs Ferrite, a trivial
+//!       binder's ceiling, and a validity check of every placement.
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +55,58 @@ enum Scenario {
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
     },
+    /// One Job run to completion (the controller manager's job controller; kwok completes pods).
+    Job {
+        #[arg(long, default_value_t = 100)]
+        nodes: u32,
+        #[arg(long, default_value_t = 2000)]
+        completions: i32,
+        #[arg(long, default_value_t = 200)]
+        parallelism: i32,
+        /// Give up on a run after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
+    /// Scheduler throughput, latency and cost (scheduler_perf workloads), plus a trivial binder's
+    /// ceiling and a validity check.
+    Scheduler {
+        #[arg(long, default_value_t = 500)]
+        nodes: u32,
+        #[arg(long, default_value_t = 500)]
+        init_pods: usize,
+        #[arg(long, default_value_t = 2000)]
+        measure_pods: usize,
+        #[arg(long, value_enum, default_value = "all")]
+        workload: ferrite_e2e::bench::scheduler::Workload,
+        /// Concurrent pod creators.
+        #[arg(long, default_value_t = 8)]
+        creators: usize,
+        /// The creators' shared rate in pods/s (0: unlimited); the same for every run.
+        #[arg(long, default_value_t = 200.0)]
+        create_qps: f64,
+        /// Client QPS and burst of both schedulers and of the trivial binder.
+        #[arg(long, default_value_t = 50.0)]
+        qps: f64,
+        #[arg(long, default_value_t = 100)]
+        burst: u32,
+        /// Give up on a run's phase after this many seconds ("did not finish").
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Garbage collector: graph over many objects, then a Deployment collected.
+    Gc {
+        #[arg(long, default_value_t = 25)]
+        nodes: u32,
+        #[arg(long, default_value_t = 20000)]
+        objects: usize,
+        #[arg(long, default_value_t = 50)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 2000)]
+        pods: i32,
+        /// Give up on a phase after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
 }
 
 struct Figures {
@@ -58,6 +124,60 @@ async fn main() {
             replicas,
             timeout,
         } => deployment(nodes, replicas, Duration::from_secs(timeout)).await,
+        Scenario::Job {
+            nodes,
+            completions,
+            parallelism,
+            timeout,
+        } => {
+            ferrite_e2e::bench::job::run(ferrite_e2e::bench::job::JobBench {
+                nodes,
+                completions,
+                parallelism,
+                timeout: Duration::from_secs(timeout),
+            })
+            .await
+        }
+        Scenario::Scheduler {
+            nodes,
+            init_pods,
+            measure_pods,
+            workload,
+            creators,
+            create_qps,
+            qps,
+            burst,
+            timeout,
+        } => {
+            ferrite_e2e::bench::scheduler::run(ferrite_e2e::bench::scheduler::SchedulerBench {
+                nodes,
+                init_pods,
+                measure_pods,
+                workload,
+                creators,
+                create_qps,
+                qps,
+                burst,
+                timeout: Duration::from_secs(timeout),
+            })
+            .await
+        }
+        Scenario::Gc {
+            nodes,
+            objects,
+            namespaces,
+            pods,
+            timeout,
+        } => {
+            ferrite_e2e::bench::gc::run(ferrite_e2e::bench::gc::GcBench {
+                nodes,
+                objects,
+                namespaces,
+                pods,
+                timeout: Duration::from_secs(timeout),
+            })
+            .await
+        }
     };
     if let Err(e) = result {
         eprintln!("bench: {e:#}");
