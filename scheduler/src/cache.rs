@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::plugins::inter_pod_affinity::{NamespaceLabels, PodAffinityTerms};
+use crate::plugins::volumes::VolumeCatalog;
 use crate::resources::{PodResources, Resource, pod_resources};
 
 /// A host port in use: (hostIP, protocol, port), with upstream's defaults filled in
@@ -164,6 +165,77 @@ pub fn normalized_image_name(name: &str) -> String {
     }
 }
 
+/// `PodNominator`: pods that preemption nominated to a node (or whose
+/// `status.nominatedNodeName` says so), counted by lower- or equal-priority pods' filters on
+/// that node until they are bound or leave the queue.
+#[derive(Clone, Debug, Default)]
+pub struct Nominator {
+    by_node: BTreeMap<String, Vec<PodInfo>>,
+    node_of: HashMap<String, String>,
+}
+
+impl Nominator {
+    /// `AddNominatedPod`: (re-)nominates the pod to `node`.
+    pub fn nominate(&mut self, pod: Arc<Pod>, node: &str) {
+        let pi = PodInfo::new(pod);
+        let uid = pi.uid().to_string();
+        self.remove(&uid);
+        if node.is_empty() {
+            return;
+        }
+        self.by_node.entry(node.to_string()).or_default().push(pi);
+        self.node_of.insert(uid, node.to_string());
+    }
+
+    /// `DeleteNominatedPodIfExists`.
+    pub fn remove(&mut self, uid: &str) {
+        let Some(node) = self.node_of.remove(uid) else {
+            return;
+        };
+        if let Some(list) = self.by_node.get_mut(&node) {
+            list.retain(|p| p.uid() != uid);
+            if list.is_empty() {
+                self.by_node.remove(&node);
+            }
+        }
+    }
+
+    /// `NominatedPodsForNode`.
+    pub fn pods_for_node(&self, node: &str) -> &[PodInfo] {
+        self.by_node
+            .get(node)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    pub fn node_of(&self, uid: &str) -> Option<&str> {
+        self.node_of.get(uid).map(String::as_str)
+    }
+
+    /// A pending pod as the informer shows it (`AddNominatedPod` / `UpdateNominatedPod`): a
+    /// nominatedNodeName in its status nominates it; one that was set and is now cleared ends
+    /// the nomination; otherwise an in-memory nomination (whose status patch may not have
+    /// landed yet) is kept.
+    pub fn observe_pending(&mut self, old: Option<&Pod>, new: &Arc<Pod>) {
+        let nnn = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.clone())
+                .filter(|n| !n.is_empty())
+        };
+        let uid = new.metadata.uid.clone().unwrap_or_default();
+        match nnn(new) {
+            Some(node) => self.nominate(new.clone(), &node),
+            None if old.and_then(nnn).is_some() => self.remove(&uid),
+            None => {
+                if let Some(node) = self.node_of(&uid).map(str::to_string) {
+                    self.nominate(new.clone(), &node);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct PodState {
     node: String,
@@ -179,6 +251,9 @@ pub struct Cache {
     pods: HashMap<String, PodState>,
     /// Namespace labels, for pod affinity terms' namespaceSelector.
     namespaces: NamespaceLabels,
+    nominator: Nominator,
+    /// PVCs, PVs and StorageClasses, for the volume plugins.
+    volumes: VolumeCatalog,
 }
 
 impl Cache {
@@ -196,6 +271,22 @@ impl Cache {
 
     pub fn namespaces(&self) -> &NamespaceLabels {
         &self.namespaces
+    }
+
+    pub fn volumes(&self) -> &VolumeCatalog {
+        &self.volumes
+    }
+
+    pub fn volumes_mut(&mut self) -> &mut VolumeCatalog {
+        &mut self.volumes
+    }
+
+    pub fn nominator(&self) -> &Nominator {
+        &self.nominator
+    }
+
+    pub fn nominator_mut(&mut self) -> &mut Nominator {
+        &mut self.nominator
     }
 
     pub fn upsert_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
@@ -288,6 +379,8 @@ impl Cache {
         }
         let pi = PodInfo::new(Arc::new(assumed));
         let uid = pi.uid().to_string();
+        // An assumed pod is no longer nominated (`DeleteNominatedPodIfExists` in `assume`).
+        self.nominator.remove(&uid);
         if let Some(old) = self.pods.remove(&uid) {
             self.unplace(&old.node, &uid);
         }
@@ -331,6 +424,9 @@ impl Cache {
         );
         if let Some(old) = self.pods.remove(&uid) {
             self.unplace(&old.node, &uid);
+        }
+        if node.is_some() {
+            self.nominator.remove(&uid);
         }
         if let Some(node) = node.filter(|_| !terminal) {
             self.place(&node, PodInfo::new(pod));

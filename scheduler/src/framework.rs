@@ -9,12 +9,13 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Pod;
 use rand::Rng;
 
-use crate::cache::{Cache, NodeInfo};
+use crate::cache::{Cache, NodeInfo, Nominator, PodInfo, pod_priority};
 use crate::plugins::inter_pod_affinity::{self, NamespaceLabels};
 use crate::plugins::{
     Code, Status, image_locality, node_affinity, node_name, node_ports, node_resources,
-    node_unschedulable, pod_topology_spread, taint_toleration,
+    node_unschedulable, pod_topology_spread, taint_toleration, volumes,
 };
+use crate::preemption::{self, Pdb, PostFilterResult, PreemptionInput};
 use crate::resources::{PodResources, pod_resources};
 use crate::selector::Selector;
 
@@ -38,6 +39,33 @@ pub const WEIGHT_INTER_POD_AFFINITY: i64 = 2;
 pub struct CycleState {
     pub spread: Option<pod_topology_spread::PreFilterState>,
     pub affinity: Option<inter_pod_affinity::PreFilterState>,
+    pub restrictions: Option<volumes::RestrictionsState>,
+    pub binding: Option<volumes::BindingState>,
+    pub zone: Option<volumes::ZoneState>,
+}
+
+impl CycleState {
+    /// `RunPreFilterExtensionAddPod`: `pi` was added to `node` (already counted there).
+    pub fn add_pod(&mut self, preemptor: &Pod, pi: &PodInfo, node: &NodeInfo) {
+        self.update(preemptor, pi, node, 1);
+    }
+
+    /// `RunPreFilterExtensionRemovePod`: `pi` was removed from `node`.
+    pub fn remove_pod(&mut self, preemptor: &Pod, pi: &PodInfo, node: &NodeInfo) {
+        self.update(preemptor, pi, node, -1);
+    }
+
+    fn update(&mut self, preemptor: &Pod, pi: &PodInfo, node: &NodeInfo, delta: i64) {
+        if let Some(s) = self.spread.as_mut() {
+            pod_topology_spread::update_with_pod(s, &pi.pod, preemptor, node, delta);
+        }
+        if let Some(s) = self.affinity.as_mut() {
+            inter_pod_affinity::update_with_pod(s, pi, node, delta);
+        }
+        if let Some(s) = self.restrictions.as_mut() {
+            s.update_with_pod(pi, preemptor, delta);
+        }
+    }
 }
 
 /// `numFeasibleNodesToFind` with no percentageOfNodesToScore configured: all nodes below 100,
@@ -72,8 +100,40 @@ pub fn run_filters(
         .or_else(|| node_affinity::filter(pod, node))
         .or_else(|| node_ports::filter(pod, node))
         .or_else(|| node_resources::filter(res, node))
+        .or_else(|| volumes::restrictions_filter(pod, state.restrictions.as_ref(), node))
+        .or_else(|| volumes::binding_filter(state.binding.as_ref(), node))
+        .or_else(|| volumes::zone_filter(state.zone.as_ref(), node))
         .or_else(|| pod_topology_spread::filter(pod, state.spread.as_ref(), node))
         .or_else(|| inter_pod_affinity::filter(state.affinity.as_ref(), node))
+}
+
+/// `RunFilterPluginsWithNominatedPods`: the filters run once with the node's nominated pods of
+/// higher or equal priority added (`addGENominatedPods`, the pod itself excluded) and, when any
+/// were added and that passed, once more without them, since they may never land; both must
+/// pass.
+pub fn run_filters_with_nominated(
+    pod: &Pod,
+    res: &PodResources,
+    node: &NodeInfo,
+    state: &CycleState,
+    nominated: &[PodInfo],
+) -> Option<Status> {
+    let priority = pod_priority(pod);
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let mut added = nominated
+        .iter()
+        .filter(|p| p.priority() >= priority && p.uid() != uid)
+        .peekable();
+    if added.peek().is_none() {
+        return run_filters(pod, res, node, state);
+    }
+    let mut node_with = node.clone();
+    let mut state_with = state.clone();
+    for pi in added {
+        node_with.add_pod(pi.clone());
+        state_with.add_pod(pod, pi, &node_with);
+    }
+    run_filters(pod, res, &node_with, &state_with).or_else(|| run_filters(pod, res, node, state))
 }
 
 /// Why no node fits: each rejected node's status, and the status of nodes not looked at
@@ -229,6 +289,7 @@ impl Algorithm {
         nodes: &[&'a NodeInfo],
         all_nodes: usize,
         state: &CycleState,
+        nominator: &Nominator,
     ) -> (Vec<&'a NodeInfo>, Diagnosis) {
         let all = nodes.len();
         let mut diagnosis = Diagnosis::default();
@@ -241,7 +302,13 @@ impl Algorithm {
         for i in 0..all {
             let node = nodes[(self.next_start_node_index + i) % all];
             processed += 1;
-            match run_filters(pod, res, node, state) {
+            match run_filters_with_nominated(
+                pod,
+                res,
+                node,
+                state,
+                nominator.pods_for_node(node.name()),
+            ) {
                 None => {
                     feasible.push(node);
                     if feasible.len() >= to_find {
@@ -270,9 +337,8 @@ impl Algorithm {
         self.schedule_with(pod, cache, &Selector::everything(), rng)
     }
 
-    /// One attempt: `schedulePod`. `default_spread_selector` is `helper.DefaultSelector` for
-    /// the pod (the selectors of its Services and controller), which PodTopologySpread's
-    /// system-default constraints use; an empty selector means none.
+    /// One attempt: `schedulePod`, and on a fit error DefaultPreemption's PostFilter with no
+    /// PodDisruptionBudgets; see [`Algorithm::schedule_pod`].
     pub fn schedule_with(
         &mut self,
         pod: &Pod,
@@ -280,24 +346,78 @@ impl Algorithm {
         default_spread_selector: &Selector,
         rng: &mut impl Rng,
     ) -> Result<ScheduleResult, ScheduleError> {
+        self.schedule_pod(
+            pod,
+            cache,
+            default_spread_selector,
+            &Vec::new,
+            jiff::Timestamp::now(),
+            rng,
+        )
+        .map_err(|u| u.error)
+    }
+
+    /// One scheduling cycle's algorithm: `schedulePod` then, when no node fits, the PostFilter
+    /// (`RunPostFilterPlugins`). `default_spread_selector` is `helper.DefaultSelector` for the
+    /// pod (the selectors of its Services and controller), which PodTopologySpread's
+    /// system-default constraints use; an empty selector means none. `pdbs` lists the
+    /// PodDisruptionBudgets, read only when preemption runs.
+    pub fn schedule_pod(
+        &mut self,
+        pod: &Pod,
+        cache: &Cache,
+        default_spread_selector: &Selector,
+        pdbs: &dyn Fn() -> Vec<Pdb>,
+        now: jiff::Timestamp,
+        rng: &mut impl Rng,
+    ) -> Result<ScheduleResult, Unschedulable> {
         let nodes: Vec<&NodeInfo> = cache.nodes().collect();
         if nodes.is_empty() {
-            return Err(ScheduleError::NoNodes);
+            return Err(Unschedulable {
+                error: ScheduleError::NoNodes,
+                post_filter: None,
+            });
         }
         let res = pod_resources(pod);
-        // Every node shares a PreFilter rejection, and only its message is listed.
-        let pre_filter_rejection = |status: Status| {
-            let diagnosis = Diagnosis {
-                node_to_status: BTreeMap::new(),
-                pre_filter_msg: status.reasons.join(", "),
-                absent_status: Some(status),
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let nominated_node = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty())
+            .or_else(|| cache.nominator().node_of(uid));
+        // PostFilter over a fit error (`RunPostFilterPlugins`), which completes its message.
+        let post_filter =
+            |diagnosis: Diagnosis, state: &CycleState, rng: &mut dyn rand::RngCore| {
+                let pdbs = pdbs();
+                let result = preemption::preempt(
+                    &PreemptionInput {
+                        pod,
+                        res: &res,
+                        state,
+                        nodes: &nodes,
+                        diagnosis: &diagnosis,
+                        nominator: cache.nominator(),
+                        nominated_node,
+                        pdbs: &pdbs,
+                        now,
+                    },
+                    &mut RngAdapter(rng),
+                );
+                Unschedulable {
+                    error: ScheduleError::Fit(Box::new(FitError {
+                        num_all_nodes: nodes.len(),
+                        diagnosis,
+                        post_filter_msg: result.message(),
+                    })),
+                    post_filter: Some(result),
+                }
             };
-            let post_filter_msg = preemption_message(pod, &diagnosis, nodes.len());
-            ScheduleError::Fit(Box::new(FitError {
-                num_all_nodes: nodes.len(),
-                diagnosis,
-                post_filter_msg,
-            }))
+        // Every node shares a PreFilter rejection, and only its message is listed.
+        let pre_filter_diagnosis = |status: Status| Diagnosis {
+            node_to_status: BTreeMap::new(),
+            pre_filter_msg: status.reasons.join(", "),
+            absent_status: Some(status),
         };
         // PreFilter in the default profile's order: NodeAffinity, (NodePorts,
         // NodeResourcesFit: nothing to precompute here), PodTopologySpread, InterPodAffinity.
@@ -308,17 +428,59 @@ impl Algorithm {
                 .copied()
                 .filter(|n| names.contains(n.name()))
                 .collect(),
-            Err(status) => return Err(pre_filter_rejection(status)),
+            Err(status) => {
+                return Err(post_filter(
+                    pre_filter_diagnosis(status),
+                    &CycleState::default(),
+                    rng,
+                ));
+            }
         };
-        let state = CycleState {
-            spread: pod_topology_spread::pre_filter(pod, &nodes, default_spread_selector)
-                .map_err(&pre_filter_rejection)?,
-            affinity: inter_pod_affinity::pre_filter(pod, &nodes, cache.namespaces())
-                .map_err(&pre_filter_rejection)?,
+        // (NodeVolumeLimits needs CSINode objects and is not applied.)
+        let catalog = cache.volumes();
+        let state = (|| -> Result<CycleState, Status> {
+            Ok(CycleState {
+                restrictions: volumes::restrictions_pre_filter(pod, catalog, &nodes)?,
+                binding: volumes::binding_pre_filter(pod, catalog)?,
+                zone: volumes::zone_pre_filter(pod, catalog)?,
+                spread: pod_topology_spread::pre_filter(pod, &nodes, default_spread_selector)?,
+                affinity: inter_pod_affinity::pre_filter(pod, &nodes, cache.namespaces())?,
+            })
+        })();
+        let state = match state {
+            Ok(state) => state,
+            Err(status) => {
+                return Err(post_filter(
+                    pre_filter_diagnosis(status),
+                    &CycleState::default(),
+                    rng,
+                ));
+            }
         };
+        // `evaluateNominatedNode`: the node preemption freed is likely the only one that fits,
+        // so it is tried first.
+        if let Some(node) = nominated_node
+            .and_then(|n| candidates.iter().find(|c| c.name() == n))
+            .copied()
+        {
+            let nominated = cache.nominator().pods_for_node(node.name());
+            if run_filters_with_nominated(pod, &res, node, &state, nominated).is_none() {
+                return Ok(ScheduleResult {
+                    suggested_host: node.name().to_string(),
+                    evaluated_nodes: 1,
+                    feasible_nodes: 1,
+                });
+            }
+        }
         let narrowed = candidates.len() != nodes.len();
-        let (feasible, mut diagnosis) =
-            self.find_nodes_that_fit(pod, &res, &candidates, nodes.len(), &state);
+        let (feasible, mut diagnosis) = self.find_nodes_that_fit(
+            pod,
+            &res,
+            &candidates,
+            nodes.len(),
+            &state,
+            cache.nominator(),
+        );
         if narrowed {
             diagnosis.absent_status = Some(Status::new(
                 Code::UnschedulableAndUnresolvable,
@@ -328,12 +490,7 @@ impl Algorithm {
         }
         let evaluated = feasible.len() + diagnosis.node_to_status.len();
         if feasible.is_empty() {
-            let post_filter_msg = preemption_message(pod, &diagnosis, nodes.len());
-            return Err(ScheduleError::Fit(Box::new(FitError {
-                num_all_nodes: nodes.len(),
-                diagnosis,
-                post_filter_msg,
-            })));
+            return Err(post_filter(diagnosis, &state, rng));
         }
         if feasible.len() == 1 {
             return Ok(ScheduleResult {
@@ -357,6 +514,28 @@ impl Algorithm {
             feasible_nodes: feasible.len(),
         })
     }
+}
+
+/// Lets a `&mut dyn RngCore` be passed where `impl Rng` is expected.
+struct RngAdapter<'a>(&'a mut dyn rand::RngCore);
+
+impl rand::RngCore for RngAdapter<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.0.fill_bytes(dst)
+    }
+}
+
+/// A failed attempt: the error and, for fit errors, what PostFilter decided.
+#[derive(Debug)]
+pub struct Unschedulable {
+    pub error: ScheduleError,
+    pub post_filter: Option<PostFilterResult>,
 }
 
 /// `prioritizeNodes`: each score plugin's (normalized) scores times its weight, summed. Plugins
@@ -697,11 +876,13 @@ mod tests {
         let p = pod(json!({}));
         let res = pod_resources(&p);
         let st = CycleState::default();
-        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len(), &st);
+        let (feasible, _) =
+            alg.find_nodes_that_fit(&p, &res, &refs, refs.len(), &st, &Nominator::default());
         // 200 nodes: 50 − 1 = 49 % → 98, raised to the 100-node minimum.
         assert_eq!(feasible.len(), 100);
         assert_eq!(alg.next_start_node_index, 100);
-        let (feasible, _) = alg.find_nodes_that_fit(&p, &res, &refs, refs.len(), &st);
+        let (feasible, _) =
+            alg.find_nodes_that_fit(&p, &res, &refs, refs.len(), &st, &Nominator::default());
         assert_eq!(feasible[0].name(), "n100");
         assert_eq!(alg.next_start_node_index, 0);
     }

@@ -7,14 +7,21 @@
 //! - this file: the shell — informer handlers feed the cache and queue, one loop runs the
 //!   scheduling cycles, and bindings, status patches and events run asynchronously.
 //!
-//! Not yet covered: volume plugins, DRA, preemption (the
-//! FailedScheduling message says what upstream's PostFilter says when it finds no victims),
-//! extenders, multiple profiles and `--config`.
+//! Preemption ([`preemption`], DefaultPreemption's PostFilter) evicts lower-priority pods and
+//! nominates the preemptor; the evictions run synchronously in their own task rather than
+//! through upstream's async-preemption PreEnqueue gate.
+//!
+//! The volume plugins apply without CSI ([`plugins::volumes`]): unbound WaitForFirstConsumer
+//! claims bind statically to matching volumes (Reserve assumes them, PreBind writes the claimRef
+//! and waits for the PV controller); dynamic provisioning and NodeVolumeLimits are not covered.
+//!
+//! Not yet covered: DRA, extenders, multiple profiles and `--config`.
 
 pub mod cache;
 pub mod framework;
 pub mod metrics;
 pub mod plugins;
+pub mod preemption;
 pub mod quantity;
 pub mod queue;
 pub mod resources;
@@ -29,14 +36,20 @@ use ferrite_runtime::component::Context;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::informer::{Change, Informer};
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
 use crate::framework::Algorithm;
 use crate::metrics::Metrics;
 use crate::plugins::pod_topology_spread::{self, OwnerObjects};
+use crate::plugins::volumes::{self, StaticBinding};
+use crate::preemption::{Candidate, Pdb, PostFilterResult};
 use crate::queue::{SchedulingQueue, pod_key};
 use crate::selector::Selector;
 
@@ -57,7 +70,12 @@ enum BindError {
     Api(#[from] kube::Error),
     #[error("binding timed out after {0:?}")]
     Timeout(Duration),
+    #[error("binding volumes: {0}")]
+    Volumes(String),
 }
+
+/// VolumeBindingArgs' default `bindTimeoutSeconds`.
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn api_message(e: &kube::Error) -> String {
     match e {
@@ -200,6 +218,49 @@ fn register_namespace_handler(shared: &Arc<Shared>, namespaces: &Informer<Namesp
     });
 }
 
+/// PVCs, PVs and StorageClasses feed the volume plugins; any change may let a pod waiting on
+/// them in (VolumeBinding, VolumeRestrictions and VolumeZone register these events).
+fn register_volume_handlers(
+    shared: &Arc<Shared>,
+    claims: &Informer<PersistentVolumeClaim>,
+    volumes: &Informer<PersistentVolume>,
+    classes: &Informer<StorageClass>,
+) {
+    let s = shared.clone();
+    claims.add_handler(move |change| {
+        match change {
+            Change::Added(c) | Change::Updated { new: c, .. } => {
+                lock(&s.cache).volumes_mut().upsert_claim(c.clone())
+            }
+            Change::Deleted(c) => lock(&s.cache).volumes_mut().remove_claim(c),
+        }
+        lock(&s.queue).move_all_to_active_or_backoff(Instant::now());
+        s.wake.notify_one();
+    });
+    let s = shared.clone();
+    volumes.add_handler(move |change| {
+        match change {
+            Change::Added(v) | Change::Updated { new: v, .. } => {
+                lock(&s.cache).volumes_mut().upsert_volume(v.clone())
+            }
+            Change::Deleted(v) => lock(&s.cache).volumes_mut().remove_volume(v),
+        }
+        lock(&s.queue).move_all_to_active_or_backoff(Instant::now());
+        s.wake.notify_one();
+    });
+    let s = shared.clone();
+    classes.add_handler(move |change| {
+        match change {
+            Change::Added(c) | Change::Updated { new: c, .. } => {
+                lock(&s.cache).volumes_mut().upsert_class(c.clone())
+            }
+            Change::Deleted(c) => lock(&s.cache).volumes_mut().remove_class(c),
+        }
+        lock(&s.queue).move_all_to_active_or_backoff(Instant::now());
+        s.wake.notify_one();
+    });
+}
+
 fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Informer<Pod>) {
     let s = shared.clone();
     nodes.add_handler(move |change| {
@@ -231,6 +292,7 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
                     // AssignedPodAdd: a new pod can satisfy pod affinity or spreading.
                     lock(&s.queue).move_for_assigned_pod_event(now);
                 } else if pending(p) {
+                    lock(&s.cache).nominator_mut().observe_pending(None, p);
                     lock(&s.queue).add(p.clone(), now);
                 }
             }
@@ -251,8 +313,13 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
                         lock(&s.queue).move_all_to_active_or_backoff(now);
                     }
                 } else if pending(new) {
+                    lock(&s.cache)
+                        .nominator_mut()
+                        .observe_pending(Some(old), new);
                     lock(&s.queue).update(new.clone(), now);
                 } else {
+                    let uid = new.metadata.uid.as_deref().unwrap_or_default();
+                    lock(&s.cache).nominator_mut().remove(uid);
                     lock(&s.queue).delete(&pod_key(new));
                 }
             }
@@ -261,6 +328,8 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
                     lock(&s.cache).remove_pod(p);
                     lock(&s.queue).move_all_to_active_or_backoff(now);
                 } else {
+                    let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                    lock(&s.cache).nominator_mut().remove(uid);
                     lock(&s.queue).delete(&pod_key(p));
                 }
             }
@@ -279,7 +348,14 @@ pub async fn run(ctx: Context) -> Result<(), String> {
     });
     let nodes = ctx.informers.informer::<Node>();
     let pods = ctx.informers.informer::<Pod>();
+    let pdbs = ctx.informers.informer::<PodDisruptionBudget>();
     register_handlers(&shared, &nodes, &pods);
+    register_volume_handlers(
+        &shared,
+        &ctx.informers.informer::<PersistentVolumeClaim>(),
+        &ctx.informers.informer::<PersistentVolume>(),
+        &ctx.informers.informer::<StorageClass>(),
+    );
     register_namespace_handler(&shared, &ctx.informers.informer::<Namespace>());
     let spread_listers = SpreadListers {
         services: ctx.informers.informer::<Service>(),
@@ -321,6 +397,7 @@ pub async fn run(ctx: Context) -> Result<(), String> {
         shared: shared.clone(),
         metrics: metrics.clone(),
         pods: pods.clone(),
+        pdbs,
         spread_listers,
     };
     let mut algorithm = Algorithm::default();
@@ -349,7 +426,16 @@ struct Binder {
     shared: Arc<Shared>,
     metrics: Metrics,
     pods: Informer<Pod>,
+    pdbs: Informer<PodDisruptionBudget>,
     spread_listers: SpreadListers,
+}
+
+/// What a failed attempt does to the pod's `status.nominatedNodeName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Nomination {
+    Keep,
+    Clear,
+    Set(String),
 }
 
 impl Binder {
@@ -370,19 +456,76 @@ impl Binder {
             return;
         }
         let default_selector = self.spread_listers.default_selector(&pod);
+        let pdbs = || -> Vec<Pdb> {
+            self.pdbs
+                .store()
+                .state()
+                .iter()
+                .map(|p| Pdb::from_api(p))
+                .collect()
+        };
         let result = {
             let cache = lock(&self.shared.cache);
-            algorithm.schedule_with(&pod, &cache, &default_selector, rng)
+            algorithm.schedule_pod(
+                &pod,
+                &cache,
+                &default_selector,
+                &pdbs,
+                jiff::Timestamp::now(),
+                rng,
+            )
         };
         match result {
             Ok(r) => {
-                lock(&self.shared.cache).assume(&pod, &r.suggested_host);
+                let volumes = {
+                    let mut cache = lock(&self.shared.cache);
+                    // Reserve (VolumeBinding's `AssumePodVolumes`), then `assume`.
+                    let volumes = cache
+                        .node(&r.suggested_host)
+                        .map(|n| volumes::static_bindings_for(&pod, cache.volumes(), n))
+                        .unwrap_or_default();
+                    cache.volumes_mut().assume(&volumes);
+                    cache.assume(&pod, &r.suggested_host);
+                    volumes
+                };
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.bind(qp, r.suggested_host, start).await;
+                    this.bind(qp, r.suggested_host, volumes, start).await;
                 });
             }
-            Err(e) => {
+            Err(u) => {
+                let e = u.error;
+                if u.post_filter.is_some() {
+                    self.metrics.preemption_attempt();
+                }
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let (nomination, candidate) = match u.post_filter {
+                    Some(PostFilterResult::Nominate(c)) => {
+                        lock(&self.shared.cache)
+                            .nominator_mut()
+                            .nominate(pod.clone(), &c.node);
+                        (Nomination::Set(c.node.clone()), Some(c))
+                    }
+                    Some(PostFilterResult::NoCandidate(_)) => {
+                        lock(&self.shared.cache).nominator_mut().remove(&uid);
+                        (Nomination::Clear, None)
+                    }
+                    Some(PostFilterResult::Ineligible(_)) | None => (Nomination::Keep, None),
+                };
+                let lower_nominated = candidate
+                    .as_ref()
+                    .map(|c| {
+                        let mut cache = lock(&self.shared.cache);
+                        let lower =
+                            preemption::lower_priority_nominated(&pod, cache.nominator(), &c.node);
+                        for p in &lower {
+                            cache
+                                .nominator_mut()
+                                .remove(p.metadata.uid.as_deref().unwrap_or_default());
+                        }
+                        lower
+                    })
+                    .unwrap_or_default();
                 {
                     let mut q = lock(&self.shared.queue);
                     q.set_unschedulable_plugins(&qp.key, e.rejecting_plugins());
@@ -395,20 +538,145 @@ impl Binder {
                 );
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.report_failure(&pod, REASON_UNSCHEDULABLE, &e.to_string())
+                    if let Some(c) = candidate {
+                        this.prepare_candidate(&pod, &c, &lower_nominated).await;
+                    }
+                    this.report_failure(&pod, REASON_UNSCHEDULABLE, &e.to_string(), nomination)
                         .await
                 });
             }
         }
     }
 
+    /// `prepareCandidate`: each victim not already terminating gets the DisruptionTarget
+    /// condition, is deleted, and gets a Preempted event; then lower-priority pods nominated to
+    /// the node lose their nomination so that they look elsewhere sooner.
+    async fn prepare_candidate(
+        &self,
+        preemptor: &Pod,
+        c: &Candidate,
+        lower_nominated: &[Arc<Pod>],
+    ) {
+        let scheduler_name = preemptor
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or(DEFAULT_SCHEDULER_NAME);
+        let preemptor_uid = preemptor.metadata.uid.as_deref().unwrap_or_default();
+        for victim in &c.victims {
+            if victim.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let ns = victim.metadata.namespace.clone().unwrap_or_default();
+            let name = victim.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            match tokio::time::timeout(
+                API_TIMEOUT,
+                self.add_disruption_target(&api, victim, scheduler_name),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 => continue,
+                Ok(Err(e)) => {
+                    tracing::warn!(victim = %format!("{ns}/{name}"), error = %e, "adding DisruptionTarget failed");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            let dp = DeleteParams::default();
+            let del = api.delete(&name, &dp);
+            match tokio::time::timeout(API_TIMEOUT, del).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 => continue,
+                Ok(Err(e)) => {
+                    tracing::warn!(victim = %format!("{ns}/{name}"), error = %e, "preempting failed");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            self.events.normal(
+                victim.as_ref(),
+                "Preempted",
+                format!("Preempted by pod {preemptor_uid} on node {}", c.node),
+            );
+        }
+        self.metrics.preemption_victims(c.victims.len());
+        for p in lower_nominated {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            let patch = serde_json::json!({"status": {"nominatedNodeName": null}});
+            let params = PatchParams::default();
+            let strategic = Patch::Strategic(&patch);
+            let call = api.patch_status(&name, &params, &strategic);
+            if let Ok(Err(e)) = tokio::time::timeout(API_TIMEOUT, call).await {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "clearing nominatedNodeName failed");
+            }
+        }
+    }
+
+    /// The DisruptionTarget=True condition (reason PreemptionByScheduler), unless present.
+    async fn add_disruption_target(
+        &self,
+        api: &Api<Pod>,
+        victim: &Pod,
+        scheduler_name: &str,
+    ) -> Result<(), kube::Error> {
+        let message = format!("{scheduler_name}: preempting to accommodate a higher priority pod");
+        let existing = victim
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == preemption::DISRUPTION_TARGET));
+        if existing.is_some_and(|c| {
+            c.status == "True"
+                && c.reason.as_deref() == Some(preemption::REASON_PREEMPTION_BY_SCHEDULER)
+                && c.message.as_deref() == Some(message.as_str())
+        }) {
+            return Ok(());
+        }
+        let transition = match existing {
+            Some(c) if c.status == "True" => c.last_transition_time.clone(),
+            _ => None,
+        }
+        .map(|t| serde_json::to_value(t).unwrap_or_default())
+        .unwrap_or_else(time_now);
+        let patch = serde_json::json!({
+            "status": {"conditions": [{
+                "type": preemption::DISRUPTION_TARGET,
+                "status": "True",
+                "reason": preemption::REASON_PREEMPTION_BY_SCHEDULER,
+                "message": message,
+                "observedGeneration": victim.metadata.generation,
+                "lastTransitionTime": transition,
+            }]}
+        });
+        let name = victim.metadata.name.clone().unwrap_or_default();
+        api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .map(|_| ())
+    }
+
     /// The binding cycle: POST pods/binding (DefaultBinder). On failure the assumed pod is
     /// forgotten and the pod backs off.
-    async fn bind(&self, qp: queue::QueuedPod, node: String, start: Instant) {
+    async fn bind(
+        &self,
+        qp: queue::QueuedPod,
+        node: String,
+        volumes: Vec<StaticBinding>,
+        start: Instant,
+    ) {
         let pod = qp.pod.clone();
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // PreBind (VolumeBinding): the chosen volumes are bound before the pod.
+        if let Err(e) = self.bind_volumes(&pod, &volumes).await {
+            lock(&self.shared.cache).volumes_mut().forget(&volumes);
+            self.binding_failed(&qp, &node, start, e).await;
+            return;
+        }
         let binding = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Binding",
@@ -437,26 +705,91 @@ impl Binder {
                     format!("Successfully assigned {ns}/{name} to {node}"),
                 );
             }
-            Err(e) => {
-                tracing::warn!(pod = %qp.key, %node, error = %e, "binding failed");
-                lock(&self.shared.cache).forget(&uid);
-                lock(&self.shared.queue).requeue_after_failure(&qp.key, false, Instant::now());
-                self.metrics.attempt(
-                    metrics::ERROR,
-                    DEFAULT_SCHEDULER_NAME,
-                    start.elapsed().as_secs_f64(),
-                );
-                self.shared.wake.notify_one();
-                self.report_failure(&pod, REASON_SCHEDULER_ERROR, &e.to_string())
-                    .await;
+            Err(e) => self.binding_failed(&qp, &node, start, e).await,
+        }
+    }
+
+    /// A failed binding cycle: the assumed pod is forgotten and the pod backs off.
+    async fn binding_failed(
+        &self,
+        qp: &queue::QueuedPod,
+        node: &str,
+        start: Instant,
+        e: BindError,
+    ) {
+        let uid = qp.pod.metadata.uid.clone().unwrap_or_default();
+        tracing::warn!(pod = %qp.key, %node, error = %e, "binding failed");
+        lock(&self.shared.cache).forget(&uid);
+        lock(&self.shared.queue).requeue_after_failure(&qp.key, false, Instant::now());
+        self.metrics.attempt(
+            metrics::ERROR,
+            DEFAULT_SCHEDULER_NAME,
+            start.elapsed().as_secs_f64(),
+        );
+        self.shared.wake.notify_one();
+        self.report_failure(
+            &qp.pod,
+            REASON_SCHEDULER_ERROR,
+            &e.to_string(),
+            Nomination::Keep,
+        )
+        .await;
+    }
+
+    /// VolumeBinding PreBind (`BindPodVolumes`): each chosen volume gets the claim as its
+    /// claimRef (guarded by the resourceVersion it was chosen at), then the PV controller must
+    /// bind the claims, which is waited for, polling every second, up to `bindTimeout`.
+    async fn bind_volumes(&self, pod: &Pod, volumes: &[StaticBinding]) -> Result<(), BindError> {
+        if volumes.is_empty() {
+            return Ok(());
+        }
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        for b in volumes {
+            let mut patch = serde_json::json!({
+                "metadata": {"annotations": {volumes::ANN_BOUND_BY_CONTROLLER: "yes"}},
+                "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                    "namespace": b.namespace, "name": b.claim, "uid": b.claim_uid}},
+            });
+            if let Some(rv) = &b.volume_resource_version {
+                patch["metadata"]["resourceVersion"] = serde_json::json!(rv);
             }
+            let params = PatchParams::default();
+            let merge = Patch::Merge(&patch);
+            match tokio::time::timeout(API_TIMEOUT, api.patch(&b.volume, &params, &merge)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(BindError::Volumes(api_message(&e))),
+                Err(_) => return Err(BindError::Timeout(API_TIMEOUT)),
+            }
+        }
+        let deadline = Instant::now() + VOLUME_BIND_TIMEOUT;
+        loop {
+            let outcome = volumes::check_bindings(lock(&self.shared.cache).volumes(), volumes);
+            match outcome {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(msg) => return Err(BindError::Volumes(msg)),
+            }
+            // A pod deleted meanwhile no longer needs its volumes.
+            let ns = pod.metadata.namespace.as_deref();
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            if self
+                .pods
+                .get(ns, name)
+                .is_none_or(|p| p.metadata.uid != pod.metadata.uid)
+            {
+                return Err(BindError::Volumes("the pod was deleted".to_string()));
+            }
+            if Instant::now() >= deadline {
+                return Err(BindError::Volumes("context deadline exceeded".to_string()));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
     /// `handleSchedulingFailure`: event FailedScheduling and condition PodScheduled=False with
     /// `reason` (Unschedulable for rejections, SchedulerError for errors), the condition only
     /// when it changes.
-    async fn report_failure(&self, pod: &Pod, reason: &str, message: &str) {
+    async fn report_failure(&self, pod: &Pod, reason: &str, message: &str, nomination: Nomination) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         // The pod may have been deleted or bound meanwhile.
@@ -477,12 +810,27 @@ impl Binder {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
-        if existing.is_some_and(|c| {
-            c.status == "False"
-                && c.reason.as_deref() == Some(reason)
-                && c.message.as_deref() == Some(message)
-                && c.observed_generation == generation
-        }) {
+        let current_nominated = current
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty());
+        // `updatePod`: nominatedNodeName is written along with the condition.
+        let nominated_patch = match &nomination {
+            Nomination::Set(n) if current_nominated != Some(n.as_str()) => {
+                Some(serde_json::json!(n))
+            }
+            Nomination::Clear if current_nominated.is_some() => Some(serde_json::Value::Null),
+            _ => None,
+        };
+        if nominated_patch.is_none()
+            && existing.is_some_and(|c| {
+                c.status == "False"
+                    && c.reason.as_deref() == Some(reason)
+                    && c.message.as_deref() == Some(message)
+                    && c.observed_generation == generation
+            })
+        {
             return;
         }
         // `UpdatePodCondition`: the transition time moves only when the status does.
@@ -492,7 +840,7 @@ impl Binder {
         }
         .map(|t| serde_json::to_value(t).unwrap_or_default())
         .unwrap_or_else(time_now);
-        let patch = serde_json::json!({
+        let mut patch = serde_json::json!({
             "status": {"conditions": [{
                 "type": "PodScheduled",
                 "status": "False",
@@ -504,6 +852,9 @@ impl Binder {
                 "lastTransitionTime": transition,
             }]}
         });
+        if let Some(n) = nominated_patch {
+            patch["status"]["nominatedNodeName"] = n;
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let params = PatchParams::default();
         let strategic = Patch::Strategic(&patch);

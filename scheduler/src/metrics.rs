@@ -35,6 +35,8 @@ pub struct Metrics {
     attempts: Family<ResultLabels, Counter>,
     attempt_duration: Family<ResultLabels, Histogram, fn() -> Histogram>,
     pending: Family<QueueLabels, Gauge>,
+    preemption_attempts: Counter,
+    preemption_victims: Histogram,
 }
 
 impl Metrics {
@@ -43,7 +45,20 @@ impl Metrics {
             attempts: Family::default(),
             attempt_duration: Family::new_with_constructor(attempt_histogram),
             pending: Family::default(),
+            preemption_attempts: Counter::default(),
+            // ExponentialBuckets(1, 2, 7).
+            preemption_victims: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
         };
+        registry.register(
+            "scheduler_preemption_attempts",
+            "Total preemption attempts in the cluster till now",
+            m.preemption_attempts.clone(),
+        );
+        registry.register(
+            "scheduler_preemption_victims",
+            "Number of selected preemption victims",
+            m.preemption_victims.clone(),
+        );
         registry.register(
             "scheduler_schedule_attempts",
             "Number of attempts to schedule pods, by the result. 'unschedulable' means a pod could not be scheduled, while 'error' means an internal scheduler problem.",
@@ -71,6 +86,16 @@ impl Metrics {
         self.attempt_duration
             .get_or_create(&labels)
             .observe(seconds);
+    }
+
+    /// `PreemptionAttempts`: every PostFilter run.
+    pub fn preemption_attempt(&self) {
+        self.preemption_attempts.inc();
+    }
+
+    /// `PreemptionVictims`: victims of one executed preemption.
+    pub fn preemption_victims(&self, n: usize) {
+        self.preemption_victims.observe(n as f64);
     }
 
     pub fn set_pending(&self, c: PendingCounts) {
@@ -110,5 +135,32 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("scheduler_scheduling_attempt_duration_seconds_count{result=\"scheduled\",profile=\"default-scheduler\"} 1"), "{out}");
+    }
+
+    #[test]
+    fn preemption_metrics_are_exposed_under_upstream_names() {
+        let mut r = Registry::default();
+        let m = Metrics::register(&mut r);
+        m.preemption_attempt();
+        m.preemption_attempt();
+        m.preemption_victims(3);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
+        assert!(
+            out.contains("scheduler_preemption_attempts_total 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("scheduler_preemption_victims_count 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("scheduler_preemption_victims_bucket{le=\"4.0\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("scheduler_preemption_victims_bucket{le=\"2.0\"} 0"),
+            "{out}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 
 use super::{Code, MAX_NODE_SCORE, Status};
-use crate::cache::NodeInfo;
+use crate::cache::{NodeInfo, PodInfo};
 use crate::selector::{Selector, labels_of};
 
 pub const NAME: &str = "InterPodAffinity";
@@ -176,6 +176,8 @@ pub struct PreFilterState {
     pub anti_affinity_counts: TopologyCounts,
     pub terms: PodAffinityTerms,
     pub pod: Pod,
+    /// The labels of the incoming pod's namespace, for existing pods' namespaceSelectors.
+    pub namespace_labels: Option<BTreeMap<String, String>>,
 }
 
 /// PreFilter. `Ok(None)` is upstream's Skip: neither the pod nor any existing pod has required
@@ -246,6 +248,7 @@ pub fn pre_filter(
         anti_affinity_counts: anti_counts,
         terms,
         pod: pod.clone(),
+        namespace_labels: ns_labels.cloned(),
     }))
 }
 
@@ -294,6 +297,51 @@ fn satisfies_existing_pods_anti_affinity(s: &PreFilterState, node: &NodeInfo) ->
     !node_labels(node)
         .iter()
         .any(|(k, v)| count(&s.existing_anti_affinity_counts, k, v) > 0)
+}
+
+/// `topologyToMatchedTermCount.update`: an entry that drops to zero is removed, since the
+/// filters test whether the maps are empty.
+fn update_pair(counts: &mut TopologyCounts, node: &NodeInfo, key: &str, delta: i64) {
+    if let Some(v) = node_labels(node).get(key) {
+        let pair = (key.to_string(), v.clone());
+        let n = counts.entry(pair.clone()).or_default();
+        *n += delta;
+        if *n == 0 {
+            counts.remove(&pair);
+        }
+    }
+}
+
+/// `preFilterState.updateWithPod` (the AddPod/RemovePod PreFilter extensions): a pod added to
+/// or removed from `node` after PreFilter (preemption's dry run, nominated pods).
+pub fn update_with_pod(state: &mut PreFilterState, pi: &PodInfo, node: &NodeInfo, delta: i64) {
+    if let Some(existing) = pi.affinity.as_deref() {
+        for t in &existing.required_anti_affinity {
+            if t.matches(&state.pod, state.namespace_labels.as_ref()) {
+                update_pair(
+                    &mut state.existing_anti_affinity_counts,
+                    node,
+                    &t.topology_key,
+                    delta,
+                );
+            }
+        }
+    }
+    if pod_matches_all(&state.terms.required_affinity, &pi.pod) {
+        for t in &state.terms.required_affinity {
+            update_pair(&mut state.affinity_counts, node, &t.topology_key, delta);
+        }
+    }
+    for t in &state.terms.required_anti_affinity {
+        if t.matches(&pi.pod, None) {
+            update_pair(
+                &mut state.anti_affinity_counts,
+                node,
+                &t.topology_key,
+                delta,
+            );
+        }
+    }
 }
 
 /// Filter; `None` state (PreFilter skipped) passes every node.

@@ -98,7 +98,7 @@ fn field_matches(r: &NodeSelectorRequirement, node_name: &str) -> bool {
 
 /// `nodeSelectorTerm.match`: every expression and field requirement must hold; an empty term
 /// matches nothing.
-fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+pub fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
     let exprs = t.match_expressions.as_deref().unwrap_or_default();
     let fields = t.match_fields.as_deref().unwrap_or_default();
     if exprs.is_empty() && fields.is_empty() {

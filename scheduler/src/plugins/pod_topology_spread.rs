@@ -328,6 +328,39 @@ pub fn pre_filter(
     }))
 }
 
+/// `updateWithPod` (the AddPod/RemovePod PreFilter extensions): preemption's dry run and the
+/// nominated pods change a node's pods after PreFilter, so the counts of the updated pod's
+/// domain move by `delta` (pods of other namespaces never count).
+pub fn update_with_pod(
+    state: &mut PreFilterState,
+    updated: &Pod,
+    preemptor: &Pod,
+    node: &NodeInfo,
+    delta: i64,
+) {
+    if updated.metadata.namespace != preemptor.metadata.namespace {
+        return;
+    }
+    let labels = node_labels(node);
+    if !has_all_keys(labels, &state.constraints) {
+        return;
+    }
+    let pod_labels = labels_of(&updated.metadata);
+    for i in 0..state.constraints.len() {
+        let c = &state.constraints[i];
+        if !c.selector.matches(pod_labels) || !c.includes_node(preemptor, node) {
+            continue;
+        }
+        let value = labels.get(&c.topology_key).cloned().unwrap_or_default();
+        let n = state.tp_value_to_match_num[i]
+            .entry(value.clone())
+            .or_default();
+        *n += delta;
+        let n = *n;
+        state.critical_paths[i].update(&value, n);
+    }
+}
+
 /// Filter: `matching pods in the node's domain + self-match − global minimum ≤ maxSkew`.
 pub fn filter(pod: &Pod, state: Option<&PreFilterState>, node: &NodeInfo) -> Option<Status> {
     let s = state?;
