@@ -126,28 +126,44 @@ where
     let work_client = client.clone();
     let work_registry = registry.clone();
     let work_health = health.clone();
-    let result = leader_election::run(client, config, metrics, shutdown, move |token| async move {
-        let informers = InformerFactory::new(work_client.clone());
-        let events =
-            EventRecorder::with_shutdown(work_client.clone(), spec_component_name(), events_token);
-        let ctx = Context {
-            client: work_client,
-            config: kube_config,
-            qps,
-            burst,
-            registry: work_registry,
-            health: work_health,
-            informers,
-            events,
-            token,
-        };
-        if let Err(e) = work(ctx).await {
-            tracing::error!(error = %e, "component failed");
-            if let Ok(mut f) = failed.lock() {
-                *f = Some(e);
+    // Upstream gives leader election a client of its own, so a busy controller or scheduler
+    // never starves the lease renewals of its rate limit.
+    let election_client = match crate::client::rate_limited_client(kube_config.clone(), qps, burst)
+    {
+        Ok(c) => c,
+        Err(e) => return usage(spec, e),
+    };
+    let result = leader_election::run(
+        election_client,
+        config,
+        metrics,
+        shutdown,
+        move |token| async move {
+            let informers = InformerFactory::new(work_client.clone());
+            let events = EventRecorder::with_shutdown(
+                work_client.clone(),
+                spec_component_name(),
+                events_token,
+            );
+            let ctx = Context {
+                client: work_client,
+                config: kube_config,
+                qps,
+                burst,
+                registry: work_registry,
+                health: work_health,
+                informers,
+                events,
+                token,
+            };
+            if let Err(e) = work(ctx).await {
+                tracing::error!(error = %e, "component failed");
+                if let Ok(mut f) = failed.lock() {
+                    *f = Some(e);
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     match result {
         Ok(()) => match failure.lock().ok().and_then(|f| f.clone()) {
