@@ -8,8 +8,8 @@
 //!   scheduling cycles, and bindings, status patches and events run asynchronously.
 //!
 //! Preemption ([`preemption`], DefaultPreemption's PostFilter) evicts lower-priority pods and
-//! nominates the preemptor; the evictions run synchronously in their own task rather than
-//! through upstream's async-preemption PreEnqueue gate.
+//! nominates the preemptor; the evictions run in their own task while the queue holds the
+//! preemptor back, then activate it, as upstream's async preemption does.
 //!
 //! The volume plugins apply without CSI ([`plugins::volumes`]): unbound WaitForFirstConsumer
 //! claims bind statically to matching volumes (Reserve assumes them, PreBind writes the claimRef
@@ -529,6 +529,9 @@ impl Binder {
                 {
                     let mut q = lock(&self.shared.queue);
                     q.set_unschedulable_plugins(&qp.key, e.rejecting_plugins());
+                    if candidate.is_some() {
+                        q.start_preempting(&qp.key);
+                    }
                     q.requeue_after_failure(&qp.key, true, Instant::now());
                 }
                 self.metrics.attempt(
@@ -537,12 +540,17 @@ impl Binder {
                     start.elapsed().as_secs_f64(),
                 );
                 let this = self.clone();
+                let key = qp.key.clone();
                 tokio::spawn(async move {
+                    // The nomination is written first: the preemptor is held until its victims
+                    // are evicted, so it cannot have been bound meanwhile.
+                    this.report_failure(&pod, REASON_UNSCHEDULABLE, &e.to_string(), nomination)
+                        .await;
                     if let Some(c) = candidate {
                         this.prepare_candidate(&pod, &c, &lower_nominated).await;
+                        lock(&this.shared.queue).preemption_done(&key);
+                        this.shared.wake.notify_one();
                     }
-                    this.report_failure(&pod, REASON_UNSCHEDULABLE, &e.to_string(), nomination)
-                        .await
                 });
             }
         }

@@ -98,6 +98,10 @@ pub struct SchedulingQueue {
     /// The cycle of the last bound-pod add/label change, which only pods rejected by
     /// [`ASSIGNED_POD_EVENT_PLUGINS`] can have missed.
     assigned_pod_event_cycle: Option<u64>,
+    /// Preemptors whose victims are still being evicted: held unschedulable until the eviction
+    /// ends, as upstream's async preemption gates them in PreEnqueue (otherwise they would be
+    /// retried, and preempt again, before their victims are even marked).
+    preempting: std::collections::HashSet<String>,
 }
 
 pub fn pod_key(pod: &Pod) -> String {
@@ -234,6 +238,9 @@ impl SchedulingQueue {
 
     /// From unschedulable to backoffQ while backing off, else to activeQ.
     fn requeue_unschedulable(&mut self, key: &str, now: Instant) {
+        if self.preempting.contains(key) {
+            return;
+        }
         let Some(e) = self.entries.get_mut(key) else {
             return;
         };
@@ -365,10 +372,30 @@ impl SchedulingQueue {
                 && affected_by_assigned_pod_event(&e.unschedulable_plugins));
         if scheduling_gates::pre_enqueue(&e.info.pod).is_some() {
             e.at = Where::Gated;
+        } else if self.preempting.contains(key) {
+            e.at = Where::Unschedulable;
         } else if !unschedulable || missed_event {
             e.at = Where::Backoff;
         } else {
             e.at = Where::Unschedulable;
+        }
+    }
+
+    /// The pod's preemption is evicting its victims: hold it (call before
+    /// [`Self::requeue_after_failure`]).
+    pub fn start_preempting(&mut self, key: &str) {
+        self.preempting.insert(key.to_string());
+    }
+
+    /// The eviction ended: the preemptor goes straight to activeQ (upstream `Activate`).
+    pub fn preemption_done(&mut self, key: &str) {
+        self.preempting.remove(key);
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.at == Where::Unschedulable || e.at == Where::Backoff)
+        {
+            self.push_active(key);
         }
     }
 
@@ -470,6 +497,25 @@ mod tests {
         assert_eq!(q.where_is("ns/p"), Some(Where::Backoff));
         q.flush(t + Duration::from_secs(1));
         assert_eq!(q.where_is("ns/p"), Some(Where::Active));
+    }
+
+    #[test]
+    fn a_preemptor_is_held_while_its_victims_are_evicted_then_activated() {
+        let t = Instant::now();
+        let mut q = SchedulingQueue::default();
+        q.add(pod("high", 1000, json!({})), t);
+        let p = q.pop(t).expect("pop");
+        // A victim's deletion lands during the attempt: without the hold it would back off and
+        // be popped again at once (activeQ is empty).
+        q.move_all_to_active_or_backoff(t);
+        q.start_preempting(&p.key);
+        q.requeue_after_failure(&p.key, true, t);
+        assert_eq!(q.where_is("ns/high"), Some(Where::Unschedulable));
+        q.move_all_to_active_or_backoff(t + Duration::from_secs(20));
+        q.flush(t + Duration::from_secs(600));
+        assert!(q.pop(t + Duration::from_secs(600)).is_none());
+        q.preemption_done(&p.key);
+        assert_eq!(q.where_is("ns/high"), Some(Where::Active));
     }
 
     #[test]
