@@ -204,20 +204,76 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
     ))
 }
 
-fn scheduler(args: SchedulerArgs) -> i32 {
-    if let Some(config) = &args.config {
-        // KubeSchedulerConfiguration support comes with the scheduler's profiles; refusing the
-        // file is better than silently ignoring it.
-        eprintln!(
-            "ferrite scheduler: --config {}: KubeSchedulerConfiguration files are not supported yet",
-            config.display()
-        );
+fn scheduler(mut args: SchedulerArgs) -> i32 {
+    let config = match &args.config {
+        None => ferrite_scheduler::config::SchedulerConfig::default(),
+        Some(path) => {
+            let loaded = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    ferrite_scheduler::config::parse(&text).map_err(|e| e.to_string())
+                });
+            match loaded {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ferrite scheduler: --config {}: {e}", path.display());
+                    return EXIT_USAGE;
+                }
+            }
+        }
+    };
+    if args.config.is_some()
+        && let Err(e) = apply_scheduler_config(&config, &mut args.common)
+    {
+        eprintln!("ferrite scheduler: --config: {e}");
         return EXIT_USAGE;
     }
     component::init_logging(args.verbosity);
-    runtime().block_on(component::run(
-        &SCHEDULER,
-        args.common,
-        ferrite_scheduler::run,
-    ))
+    runtime().block_on(component::run(&SCHEDULER, args.common, move |ctx| {
+        ferrite_scheduler::run_with(ctx, config)
+    }))
+}
+
+/// With `--config`, the client connection and leader election come from the file, as
+/// kube-scheduler's options do (cmd/kube-scheduler/app/options: the deprecated `--kubeconfig`,
+/// `--kube-api-qps`, `--kube-api-burst` flags are then ignored; unset file fields take the v1
+/// defaults).
+fn apply_scheduler_config(
+    config: &ferrite_scheduler::config::SchedulerConfig,
+    common: &mut CommonOptions,
+) -> Result<(), String> {
+    let cc = &config.client_connection;
+    common.client.kubeconfig = cc
+        .kubeconfig
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .map(PathBuf::from);
+    common.client.kube_api_qps = Some(cc.qps.unwrap_or(SCHEDULER.qps));
+    common.client.kube_api_burst = Some(
+        cc.burst
+            .map(|b| u32::try_from(b).map_err(|_| format!("clientConnection.burst: {b}")))
+            .transpose()?
+            .unwrap_or(SCHEDULER.burst),
+    );
+    let le = &config.leader_election;
+    let defaults = ferrite_runtime::leader_election::LeaderElectionOptions::default();
+    let duration = |field: &str, v: &Option<String>, default| match v {
+        Some(v) => ferrite_runtime::flags::parse_duration_flag(v)
+            .map_err(|e| format!("leaderElection.{field}: {e}")),
+        None => Ok(default),
+    };
+    common.leader_election = ferrite_runtime::leader_election::LeaderElectionOptions {
+        leader_elect: le.leader_elect.unwrap_or(true),
+        lease_duration: duration("leaseDuration", &le.lease_duration, defaults.lease_duration)?,
+        renew_deadline: duration("renewDeadline", &le.renew_deadline, defaults.renew_deadline)?,
+        retry_period: duration("retryPeriod", &le.retry_period, defaults.retry_period)?,
+        resource_lock: le.resource_lock.clone().unwrap_or(defaults.resource_lock),
+        resource_name: le.resource_name.clone().filter(|n| !n.is_empty()),
+        resource_namespace: le
+            .resource_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(defaults.resource_namespace),
+    };
+    Ok(())
 }

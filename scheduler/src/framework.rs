@@ -6,10 +6,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::Pod;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{NodeAffinity, Pod};
 use rand::Rng;
 
 use crate::cache::{Cache, NodeInfo, Nominator, PodInfo, pod_priority};
+use crate::config::{Profile, Switches};
 use crate::plugins::inter_pod_affinity::{self, NamespaceLabels};
 use crate::plugins::{
     Code, Status, image_locality, node_affinity, node_name, node_ports, node_resources,
@@ -42,6 +45,10 @@ pub struct CycleState {
     pub restrictions: Option<volumes::RestrictionsState>,
     pub binding: Option<volumes::BindingState>,
     pub zone: Option<volumes::ZoneState>,
+    /// The profile's enabled filters, which preemption's dry runs consult too.
+    pub switches: Switches,
+    /// The profile's NodeAffinityArgs `addedAffinity`.
+    pub added_affinity: Option<Arc<NodeAffinity>>,
 }
 
 impl CycleState {
@@ -85,26 +92,59 @@ pub fn num_feasible_nodes_to_find(percentage: Option<u32>, num_all_nodes: usize)
     n.max(MIN_FEASIBLE_NODES_TO_FIND)
 }
 
-/// The filters of the default profile in upstream's order (default_plugins.go: NodeUnschedulable
+/// The profile's filters in the default profile's order (default_plugins.go: NodeUnschedulable
 /// before NodeName); the first rejection wins (`RunFilterPlugins` stops at the first
-/// non-success).
+/// non-success). Filters the profile disables are skipped.
 pub fn run_filters(
     pod: &Pod,
     res: &PodResources,
     node: &NodeInfo,
     state: &CycleState,
 ) -> Option<Status> {
-    node_unschedulable::filter(pod, node)
-        .or_else(|| node_name::filter(pod, node))
-        .or_else(|| taint_toleration::filter(pod, node))
-        .or_else(|| node_affinity::filter(pod, node))
-        .or_else(|| node_ports::filter(pod, node))
-        .or_else(|| node_resources::filter(res, node))
-        .or_else(|| volumes::restrictions_filter(pod, state.restrictions.as_ref(), node))
-        .or_else(|| volumes::binding_filter(state.binding.as_ref(), node))
-        .or_else(|| volumes::zone_filter(state.zone.as_ref(), node))
-        .or_else(|| pod_topology_spread::filter(pod, state.spread.as_ref(), node))
-        .or_else(|| inter_pod_affinity::filter(state.affinity.as_ref(), node))
+    let on = &state.switches;
+    None.or_else(|| {
+        on.node_unschedulable
+            .then(|| node_unschedulable::filter(pod, node))?
+    })
+    .or_else(|| on.node_name.then(|| node_name::filter(pod, node))?)
+    .or_else(|| {
+        on.taint_toleration
+            .then(|| taint_toleration::filter(pod, node))?
+    })
+    .or_else(|| {
+        on.node_affinity.then(|| {
+            state
+                .added_affinity
+                .as_deref()
+                .and_then(|a| node_affinity::added_filter(a, node))
+                .or_else(|| node_affinity::filter(pod, node))
+        })?
+    })
+    .or_else(|| on.node_ports.then(|| node_ports::filter(pod, node))?)
+    .or_else(|| {
+        on.node_resources_fit
+            .then(|| node_resources::filter(res, node))?
+    })
+    .or_else(|| {
+        on.volume_restrictions
+            .then(|| volumes::restrictions_filter(pod, state.restrictions.as_ref(), node))?
+    })
+    .or_else(|| {
+        on.volume_binding
+            .then(|| volumes::binding_filter(state.binding.as_ref(), node))?
+    })
+    .or_else(|| {
+        on.volume_zone
+            .then(|| volumes::zone_filter(state.zone.as_ref(), node))?
+    })
+    .or_else(|| {
+        on.pod_topology_spread
+            .then(|| pod_topology_spread::filter(pod, state.spread.as_ref(), node))?
+    })
+    .or_else(|| {
+        on.inter_pod_affinity
+            .then(|| inter_pod_affinity::filter(state.affinity.as_ref(), node))?
+    })
 }
 
 /// `RunFilterPluginsWithNominatedPods`: the filters run once with the node's nominated pods of
@@ -261,12 +301,24 @@ pub struct ScheduleResult {
     pub feasible_nodes: usize,
 }
 
-/// State kept across attempts (`nextStartNodeIndex`).
+/// State kept across attempts (`nextStartNodeIndex`) and the profile they run with.
 #[derive(Clone, Debug, Default)]
 pub struct Algorithm {
     pub next_start_node_index: usize,
     /// `percentageOfNodesToScore`; `None` is the adaptive default.
     pub percentage_of_nodes_to_score: Option<u32>,
+    pub profile: std::sync::Arc<Profile>,
+}
+
+impl Algorithm {
+    /// An algorithm running `profile`'s plugins.
+    pub fn for_profile(profile: std::sync::Arc<Profile>) -> Self {
+        Algorithm {
+            next_start_node_index: 0,
+            percentage_of_nodes_to_score: profile.percentage_of_nodes_to_score,
+            profile,
+        }
+    }
 }
 
 /// A node's total weighted score.
@@ -387,8 +439,22 @@ impl Algorithm {
             .filter(|n| !n.is_empty())
             .or_else(|| cache.nominator().node_of(uid));
         // PostFilter over a fit error (`RunPostFilterPlugins`), which completes its message.
+        let switches = self.profile.switches;
+        let added_affinity = self.profile.added_affinity.clone();
+        let spread_defaults = self.profile.spread_defaults.as_deref().map(Vec::as_slice);
         let post_filter =
             |diagnosis: Diagnosis, state: &CycleState, rng: &mut dyn rand::RngCore| {
+                // Without a PostFilter plugin the fit error is reported as it is.
+                if !switches.default_preemption {
+                    return Unschedulable {
+                        error: ScheduleError::Fit(Box::new(FitError {
+                            num_all_nodes: nodes.len(),
+                            diagnosis,
+                            post_filter_msg: String::new(),
+                        })),
+                        post_filter: None,
+                    };
+                }
                 let pdbs = pdbs();
                 let result = preemption::preempt(
                     &PreemptionInput {
@@ -421,7 +487,12 @@ impl Algorithm {
         };
         // PreFilter in the default profile's order: NodeAffinity, (NodePorts,
         // NodeResourcesFit: nothing to precompute here), PodTopologySpread, InterPodAffinity.
-        let candidates: Vec<&NodeInfo> = match node_affinity::pre_filter(pod) {
+        let pre_filter_affinity = if switches.node_affinity {
+            node_affinity::pre_filter(pod)
+        } else {
+            Ok(None)
+        };
+        let candidates: Vec<&NodeInfo> = match pre_filter_affinity {
             Ok(None) => nodes.clone(),
             Ok(Some(names)) => nodes
                 .iter()
@@ -431,7 +502,11 @@ impl Algorithm {
             Err(status) => {
                 return Err(post_filter(
                     pre_filter_diagnosis(status),
-                    &CycleState::default(),
+                    &CycleState {
+                        switches,
+                        added_affinity: added_affinity.clone(),
+                        ..CycleState::default()
+                    },
                     rng,
                 ));
             }
@@ -439,12 +514,41 @@ impl Algorithm {
         // (NodeVolumeLimits needs CSINode objects and is not applied.)
         let catalog = cache.volumes();
         let state = (|| -> Result<CycleState, Status> {
+            // A disabled plugin's PreFilter does not run either.
+            let on = switches;
             Ok(CycleState {
-                restrictions: volumes::restrictions_pre_filter(pod, catalog, &nodes)?,
-                binding: volumes::binding_pre_filter(pod, catalog)?,
-                zone: volumes::zone_pre_filter(pod, catalog)?,
-                spread: pod_topology_spread::pre_filter(pod, &nodes, default_spread_selector)?,
-                affinity: inter_pod_affinity::pre_filter(pod, &nodes, cache.namespaces())?,
+                restrictions: if on.volume_restrictions {
+                    volumes::restrictions_pre_filter(pod, catalog, &nodes)?
+                } else {
+                    None
+                },
+                binding: if on.volume_binding {
+                    volumes::binding_pre_filter(pod, catalog)?
+                } else {
+                    None
+                },
+                zone: if on.volume_zone {
+                    volumes::zone_pre_filter(pod, catalog)?
+                } else {
+                    None
+                },
+                spread: if on.pod_topology_spread {
+                    pod_topology_spread::pre_filter_with(
+                        spread_defaults,
+                        pod,
+                        &nodes,
+                        default_spread_selector,
+                    )?
+                } else {
+                    None
+                },
+                affinity: if on.inter_pod_affinity {
+                    inter_pod_affinity::pre_filter(pod, &nodes, cache.namespaces())?
+                } else {
+                    None
+                },
+                switches: on,
+                added_affinity: added_affinity.clone(),
             })
         })();
         let state = match state {
@@ -452,7 +556,11 @@ impl Algorithm {
             Err(status) => {
                 return Err(post_filter(
                     pre_filter_diagnosis(status),
-                    &CycleState::default(),
+                    &CycleState {
+                        switches,
+                        added_affinity: added_affinity.clone(),
+                        ..CycleState::default()
+                    },
                     rng,
                 ));
             }
@@ -499,7 +607,8 @@ impl Algorithm {
                 feasible_nodes: 1,
             });
         }
-        let scores = prioritize_nodes(
+        let scores = prioritize_nodes_for(
+            &self.profile,
             pod,
             &res,
             &feasible,
@@ -538,8 +647,7 @@ pub struct Unschedulable {
     pub post_filter: Option<PostFilterResult>,
 }
 
-/// `prioritizeNodes`: each score plugin's (normalized) scores times its weight, summed. Plugins
-/// whose PreScore skips contribute 0.
+/// `prioritizeNodes` with the default profile.
 pub fn prioritize_nodes(
     pod: &Pod,
     res: &PodResources,
@@ -548,14 +656,46 @@ pub fn prioritize_nodes(
     default_spread_selector: &Selector,
     namespaces: &NamespaceLabels,
 ) -> Vec<NodeScore> {
-    let total_nodes = all_nodes.len();
-    let spread: Vec<i64> = match pod_topology_spread::pre_score(
+    prioritize_nodes_for(
+        &Profile::default(),
         pod,
+        res,
         nodes,
         all_nodes,
         default_spread_selector,
-        true,
-    ) {
+        namespaces,
+    )
+}
+
+/// `prioritizeNodes`: each of the profile's score plugins' (normalized) scores times its
+/// weight, summed. Plugins whose PreScore skips, and plugins the profile does not score with,
+/// contribute 0.
+pub fn prioritize_nodes_for(
+    profile: &Profile,
+    pod: &Pod,
+    res: &PodResources,
+    nodes: &[&NodeInfo],
+    all_nodes: &[&NodeInfo],
+    default_spread_selector: &Selector,
+    namespaces: &NamespaceLabels,
+) -> Vec<NodeScore> {
+    let w = &profile.switches;
+    let added = profile.added_affinity.as_deref();
+    let total_nodes = all_nodes.len();
+    let zeros = || vec![0; nodes.len()];
+    let spread_state = if w.weight_pod_topology_spread > 0 {
+        pod_topology_spread::pre_score_with(
+            profile.spread_defaults.as_deref().map(Vec::as_slice),
+            pod,
+            nodes,
+            all_nodes,
+            default_spread_selector,
+            true,
+        )
+    } else {
+        None
+    };
+    let spread: Vec<i64> = match spread_state {
         Some(state) => {
             let mut s: Vec<i64> = nodes
                 .iter()
@@ -565,49 +705,89 @@ pub fn prioritize_nodes(
             pod_topology_spread::normalize(&state, &names, &mut s);
             s
         }
-        None => vec![0; nodes.len()],
+        None => zeros(),
     };
-    let inter_pod: Vec<i64> =
-        match inter_pod_affinity::pre_score(pod, nodes.len(), all_nodes, namespaces) {
-            Some(state) => {
-                let mut s: Vec<i64> = nodes
-                    .iter()
-                    .map(|n| inter_pod_affinity::score(&state, n))
-                    .collect();
-                inter_pod_affinity::normalize(&mut s);
-                s
-            }
-            None => vec![0; nodes.len()],
-        };
-    let mut taint: Vec<i64> = nodes
-        .iter()
-        .map(|n| taint_toleration::score(pod, n))
-        .collect();
-    taint_toleration::normalize(&mut taint);
-    let affinity: Vec<i64> = if node_affinity::has_preferred_terms(pod) {
-        let mut s: Vec<i64> = nodes.iter().map(|n| node_affinity::score(pod, n)).collect();
+    let inter_pod_state = if w.weight_inter_pod_affinity > 0 {
+        inter_pod_affinity::pre_score_with(
+            profile.inter_pod_affinity,
+            pod,
+            nodes.len(),
+            all_nodes,
+            namespaces,
+        )
+    } else {
+        None
+    };
+    let inter_pod: Vec<i64> = match inter_pod_state {
+        Some(state) => {
+            let mut s: Vec<i64> = nodes
+                .iter()
+                .map(|n| inter_pod_affinity::score(&state, n))
+                .collect();
+            inter_pod_affinity::normalize(&mut s);
+            s
+        }
+        None => zeros(),
+    };
+    let taint: Vec<i64> = if w.weight_taint_toleration > 0 {
+        let mut s: Vec<i64> = nodes
+            .iter()
+            .map(|n| taint_toleration::score(pod, n))
+            .collect();
+        taint_toleration::normalize(&mut s);
+        s
+    } else {
+        zeros()
+    };
+    let affinity: Vec<i64> = if w.weight_node_affinity > 0
+        && (node_affinity::has_preferred_terms(pod)
+            || added.is_some_and(node_affinity::added_has_preferred_terms))
+    {
+        let mut s: Vec<i64> = nodes
+            .iter()
+            .map(|n| {
+                node_affinity::score(pod, n) + added.map_or(0, |a| node_affinity::added_score(a, n))
+            })
+            .collect();
         node_affinity::normalize(&mut s);
         s
     } else {
         vec![0; nodes.len()]
     };
-    let balanced = node_resources::balanced_allocation_applies(res);
+    let balanced = w.weight_balanced_allocation > 0
+        && match &profile.balanced_resources {
+            None => node_resources::balanced_allocation_applies(res),
+            Some(r) => node_resources::balanced_allocation_applies_for(r, res),
+        };
     nodes
         .iter()
         .enumerate()
         .map(|(i, n)| NodeScore {
             name: n.name().to_string(),
-            total: taint[i] * WEIGHT_TAINT_TOLERATION
-                + affinity[i] * WEIGHT_NODE_AFFINITY
-                + node_resources::least_allocated_score(res, n) * WEIGHT_NODE_RESOURCES_FIT
-                + if balanced {
-                    node_resources::balanced_allocation_score(res, n) * WEIGHT_BALANCED_ALLOCATION
+            total: taint[i] * w.weight_taint_toleration
+                + affinity[i] * w.weight_node_affinity
+                + if w.weight_node_resources_fit > 0 {
+                    node_resources::fit_score(&profile.fit_strategy, res, n)
+                        * w.weight_node_resources_fit
                 } else {
                     0
                 }
-                + image_locality::score(pod, n, total_nodes) * WEIGHT_IMAGE_LOCALITY
-                + spread[i] * WEIGHT_POD_TOPOLOGY_SPREAD
-                + inter_pod[i] * WEIGHT_INTER_POD_AFFINITY,
+                + if balanced {
+                    let score = match &profile.balanced_resources {
+                        None => node_resources::balanced_allocation_score(res, n),
+                        Some(r) => node_resources::balanced_allocation_score_for(r, res, n),
+                    };
+                    score * w.weight_balanced_allocation
+                } else {
+                    0
+                }
+                + if w.weight_image_locality > 0 {
+                    image_locality::score(pod, n, total_nodes) * w.weight_image_locality
+                } else {
+                    0
+                }
+                + spread[i] * w.weight_pod_topology_spread
+                + inter_pod[i] * w.weight_inter_pod_affinity,
         })
         .collect()
 }
@@ -803,6 +983,57 @@ mod tests {
                 .expect("fits");
             assert_eq!(r.suggested_host, "b");
         }
+    }
+
+    fn profile(body: &str) -> Arc<Profile> {
+        let text = format!(
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n{body}"
+        );
+        let mut c = crate::config::parse(&text).expect("config");
+        Arc::new(c.profiles.remove(0))
+    }
+
+    #[test]
+    fn a_most_allocated_profile_prefers_the_fuller_node() {
+        let mut c = cache(&[("a", 4000), ("b", 4000)]);
+        c.upsert_pod(Arc::new({
+            let mut p = pod_requesting("x", 2000, 0);
+            p.spec.as_mut().expect("spec").node_name = Some("a".into());
+            p
+        }));
+        let mut alg = Algorithm::for_profile(profile(
+            "profiles:\n- schedulerName: packer\n  plugins:\n    score:\n      disabled:\n      - name: '*'\n      enabled:\n      - name: NodeResourcesFit\n  pluginConfig:\n  - name: NodeResourcesFit\n    args:\n      scoringStrategy:\n        type: MostAllocated\n",
+        ));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..5 {
+            let r = alg
+                .schedule(&pod_requesting("p", 500, 0), &c, &mut rng)
+                .expect("fits");
+            assert_eq!(r.suggested_host, "a");
+        }
+    }
+
+    #[test]
+    fn a_disabled_filter_does_not_reject_and_without_post_filter_there_is_no_preemption_message() {
+        let c = cache(&[("a", 2000)]);
+        let mut alg = Algorithm::for_profile(profile(
+            "profiles:\n- plugins:\n    filter:\n      disabled:\n      - name: NodeResourcesFit\n",
+        ));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let r = alg
+            .schedule(&pod_requesting("big", 5000, 0), &c, &mut rng)
+            .expect("fits without NodeResourcesFit");
+        assert_eq!(r.suggested_host, "a");
+        let mut alg = Algorithm::for_profile(profile(
+            "profiles:\n- plugins:\n    postFilter:\n      disabled:\n      - name: DefaultPreemption\n",
+        ));
+        let err = alg
+            .schedule(&pod_requesting("big", 5000, 0), &c, &mut rng)
+            .expect_err("no fit");
+        assert_eq!(
+            err.to_string(),
+            "0/1 nodes are available: 1 Insufficient cpu."
+        );
     }
 
     fn daemon_pod(node: &str, cpu: i64) -> Pod {

@@ -15,9 +15,13 @@
 //! claims bind statically to matching volumes (Reserve assumes them, PreBind writes the claimRef
 //! and waits for the PV controller); dynamic provisioning and NodeVolumeLimits are not covered.
 //!
-//! Not yet covered: DRA, extenders, multiple profiles and `--config`.
+//! Profiles come from a `KubeSchedulerConfiguration` ([`config`]): each pod is scheduled by the
+//! profile named in its `spec.schedulerName`, and pods for other schedulers are left alone.
+//!
+//! Not yet covered: DRA and extenders.
 
 pub mod cache;
+pub mod config;
 pub mod framework;
 pub mod metrics;
 pub mod plugins;
@@ -29,6 +33,7 @@ pub mod selector;
 #[cfg(test)]
 mod testutil;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,6 +50,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
+use crate::config::SchedulerConfig;
 use crate::framework::Algorithm;
 use crate::metrics::Metrics;
 use crate::plugins::pod_topology_spread::{self, OwnerObjects};
@@ -110,13 +116,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether this scheduler is responsible for the pod (`responsibleForPod`).
-fn responsible(pod: &Pod) -> bool {
+/// The pod's `spec.schedulerName` (defaulted by the API server; `default-scheduler` if unset).
+fn scheduler_name(pod: &Pod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.scheduler_name.as_deref())
         .unwrap_or(DEFAULT_SCHEDULER_NAME)
-        == DEFAULT_SCHEDULER_NAME
+}
+
+/// Whether one of this scheduler's profiles is responsible for the pod (`responsibleForPod`).
+fn responsible(pod: &Pod, profiles: &BTreeSet<String>) -> bool {
+    profiles.contains(scheduler_name(pod))
 }
 
 fn assigned(pod: &Pod) -> bool {
@@ -134,8 +144,8 @@ fn terminal(pod: &Pod) -> bool {
 }
 
 /// A pending pod for this scheduler's queue.
-fn pending(pod: &Pod) -> bool {
-    !assigned(pod) && !terminal(pod) && responsible(pod)
+fn pending(pod: &Pod, profiles: &BTreeSet<String>) -> bool {
+    !assigned(pod) && !terminal(pod) && responsible(pod, profiles)
 }
 
 /// Node changes that can change a filter or score verdict; kubelet/kwok heartbeats do not.
@@ -261,7 +271,12 @@ fn register_volume_handlers(
     });
 }
 
-fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Informer<Pod>) {
+fn register_handlers(
+    shared: &Arc<Shared>,
+    nodes: &Informer<Node>,
+    pods: &Informer<Pod>,
+    profiles: BTreeSet<String>,
+) {
     let s = shared.clone();
     nodes.add_handler(move |change| {
         let now = Instant::now();
@@ -291,7 +306,7 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
                     lock(&s.cache).upsert_pod(p.clone());
                     // AssignedPodAdd: a new pod can satisfy pod affinity or spreading.
                     lock(&s.queue).move_for_assigned_pod_event(now);
-                } else if pending(p) {
+                } else if pending(p, &profiles) {
                     lock(&s.cache).nominator_mut().observe_pending(None, p);
                     lock(&s.queue).add(p.clone(), now);
                 }
@@ -312,7 +327,7 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
                     if terminal(new) && !terminal(old) {
                         lock(&s.queue).move_all_to_active_or_backoff(now);
                     }
-                } else if pending(new) {
+                } else if pending(new, &profiles) {
                     lock(&s.cache)
                         .nominator_mut()
                         .observe_pending(Some(old), new);
@@ -338,18 +353,31 @@ fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Inform
     });
 }
 
-/// Runs the scheduler until the context's token is cancelled.
+/// Runs the scheduler with the default profile until the context's token is cancelled.
 pub async fn run(ctx: Context) -> Result<(), String> {
+    run_with(ctx, SchedulerConfig::default()).await
+}
+
+/// Runs the scheduler with a configuration's profiles until the context's token is cancelled.
+pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), String> {
     let metrics = ctx.registry.with(Metrics::register);
     let shared = Arc::new(Shared {
         cache: Mutex::new(Cache::default()),
-        queue: Mutex::new(SchedulingQueue::default()),
+        queue: Mutex::new(SchedulingQueue::with_backoff(
+            config.pod_initial_backoff,
+            config.pod_max_backoff,
+        )),
         wake: Notify::new(),
     });
+    let profile_names: BTreeSet<String> = config
+        .profiles
+        .iter()
+        .map(|p| p.scheduler_name.clone())
+        .collect();
     let nodes = ctx.informers.informer::<Node>();
     let pods = ctx.informers.informer::<Pod>();
     let pdbs = ctx.informers.informer::<PodDisruptionBudget>();
-    register_handlers(&shared, &nodes, &pods);
+    register_handlers(&shared, &nodes, &pods, profile_names.clone());
     register_volume_handlers(
         &shared,
         &ctx.informers.informer::<PersistentVolumeClaim>(),
@@ -366,7 +394,7 @@ pub async fn run(ctx: Context) -> Result<(), String> {
     ctx.informers.start(ctx.token.clone());
     ctx.informers.wait_for_cache_sync().await;
     ctx.health.set_ready(true);
-    tracing::info!("scheduler started with the default profile");
+    tracing::info!(profiles = ?profile_names, "scheduler started");
 
     // flushBackoffQCompleted (1 s) and flushUnschedulablePodsLeftover, plus the pending gauges.
     let ticker = {
@@ -391,16 +419,33 @@ pub async fn run(ctx: Context) -> Result<(), String> {
         })
     };
 
+    // Each profile reports as its scheduler name (`profile.NewMap` gives every framework a
+    // recorder for its `schedulerName`).
+    let recorders: BTreeMap<String, EventRecorder> = profile_names
+        .iter()
+        .map(|n| (n.clone(), ctx.events.for_controller(n)))
+        .collect();
     let binder = Binder {
         client: ctx.client.clone(),
-        events: ctx.events.for_controller(DEFAULT_SCHEDULER_NAME),
+        recorders: Arc::new(recorders),
         shared: shared.clone(),
         metrics: metrics.clone(),
         pods: pods.clone(),
         pdbs,
         spread_listers,
     };
-    let mut algorithm = Algorithm::default();
+    let mut algorithms: BTreeMap<String, Algorithm> = config
+        .profiles
+        .into_iter()
+        .map(|p| {
+            (
+                p.scheduler_name.clone(),
+                Algorithm::for_profile(Arc::new(p)),
+            )
+        })
+        .collect();
+    // `nextStartNodeIndex` belongs to the scheduler, shared by its profiles.
+    let mut next_start_node_index = 0;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     loop {
         let popped = lock(&shared.queue).pop(Instant::now());
@@ -411,7 +456,15 @@ pub async fn run(ctx: Context) -> Result<(), String> {
             }
             continue;
         };
-        binder.schedule_one(&mut algorithm, &mut rng, qp);
+        let Some(algorithm) = algorithms.get_mut(scheduler_name(&qp.pod)) else {
+            // Only pods of these profiles are queued; a changed schedulerName is dropped.
+            lock(&shared.queue).done(&qp.key);
+            lock(&shared.queue).delete(&qp.key);
+            continue;
+        };
+        algorithm.next_start_node_index = next_start_node_index;
+        binder.schedule_one(algorithm, &mut rng, qp);
+        next_start_node_index = algorithm.next_start_node_index;
         // Let informer handlers and binding tasks run between cycles.
         tokio::task::yield_now().await;
     }
@@ -422,7 +475,8 @@ pub async fn run(ctx: Context) -> Result<(), String> {
 #[derive(Clone)]
 struct Binder {
     client: kube::Client,
-    events: EventRecorder,
+    /// One recorder per profile, reporting as its scheduler name.
+    recorders: Arc<BTreeMap<String, EventRecorder>>,
     shared: Arc<Shared>,
     metrics: Metrics,
     pods: Informer<Pod>,
@@ -439,6 +493,11 @@ enum Nomination {
 }
 
 impl Binder {
+    /// The recorder of the profile scheduling `pod`.
+    fn events(&self, pod: &Pod) -> Option<&EventRecorder> {
+        self.recorders.get(scheduler_name(pod))
+    }
+
     /// The scheduling cycle (`scheduleOne`): synchronous over the cache; binding and failure
     /// reporting go to their own tasks so that the next cycle does not wait for the API.
     fn schedule_one(
@@ -536,7 +595,7 @@ impl Binder {
                 }
                 self.metrics.attempt(
                     metrics::UNSCHEDULABLE,
-                    DEFAULT_SCHEDULER_NAME,
+                    scheduler_name(&pod),
                     start.elapsed().as_secs_f64(),
                 );
                 let this = self.clone();
@@ -565,11 +624,7 @@ impl Binder {
         c: &Candidate,
         lower_nominated: &[Arc<Pod>],
     ) {
-        let scheduler_name = preemptor
-            .spec
-            .as_ref()
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or(DEFAULT_SCHEDULER_NAME);
+        let scheduler_name = scheduler_name(preemptor);
         let preemptor_uid = preemptor.metadata.uid.as_deref().unwrap_or_default();
         for victim in &c.victims {
             if victim.metadata.deletion_timestamp.is_some() {
@@ -603,11 +658,13 @@ impl Binder {
                 }
                 Err(_) => continue,
             }
-            self.events.normal(
-                victim.as_ref(),
-                "Preempted",
-                format!("Preempted by pod {preemptor_uid} on node {}", c.node),
-            );
+            if let Some(events) = self.events(preemptor) {
+                events.normal(
+                    victim.as_ref(),
+                    "Preempted",
+                    format!("Preempted by pod {preemptor_uid} on node {}", c.node),
+                );
+            }
         }
         self.metrics.preemption_victims(c.victims.len());
         for p in lower_nominated {
@@ -704,14 +761,16 @@ impl Binder {
                 lock(&self.shared.queue).done(&qp.key);
                 self.metrics.attempt(
                     metrics::SCHEDULED,
-                    DEFAULT_SCHEDULER_NAME,
+                    scheduler_name(&pod),
                     start.elapsed().as_secs_f64(),
                 );
-                self.events.normal(
-                    pod.as_ref(),
-                    "Scheduled",
-                    format!("Successfully assigned {ns}/{name} to {node}"),
-                );
+                if let Some(events) = self.events(&pod) {
+                    events.normal(
+                        pod.as_ref(),
+                        "Scheduled",
+                        format!("Successfully assigned {ns}/{name} to {node}"),
+                    );
+                }
             }
             Err(e) => self.binding_failed(&qp, &node, start, e).await,
         }
@@ -731,7 +790,7 @@ impl Binder {
         lock(&self.shared.queue).requeue_after_failure(&qp.key, false, Instant::now());
         self.metrics.attempt(
             metrics::ERROR,
-            DEFAULT_SCHEDULER_NAME,
+            scheduler_name(&qp.pod),
             start.elapsed().as_secs_f64(),
         );
         self.shared.wake.notify_one();
@@ -807,11 +866,13 @@ impl Binder {
         if current.metadata.uid != pod.metadata.uid || assigned(&current) {
             return;
         }
-        self.events.warning(
-            current.as_ref(),
-            "FailedScheduling",
-            truncate_message(message),
-        );
+        if let Some(events) = self.events(&current) {
+            events.warning(
+                current.as_ref(),
+                "FailedScheduling",
+                truncate_message(message),
+            );
+        }
         let generation = current.metadata.generation;
         let existing = current
             .status
@@ -902,6 +963,8 @@ mod tests {
     #[test]
     fn only_pending_pods_of_the_default_scheduler_are_queued() {
         let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).expect("pod") };
+        let names: BTreeSet<String> = [DEFAULT_SCHEDULER_NAME.to_string()].into();
+        let pending = |p: &Pod| pending(p, &names);
         assert!(pending(&pod(
             serde_json::json!({"spec": {"containers": []}})
         )));
@@ -917,6 +980,21 @@ mod tests {
         assert!(!pending(&pod(
             serde_json::json!({"spec": {"containers": []}, "status": {"phase": "Failed"}})
         )));
+    }
+
+    #[test]
+    fn pods_are_queued_for_every_profile_and_only_those() {
+        let pod = |name: &str| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"spec": {"containers": [], "schedulerName": name}}),
+            )
+            .expect("pod")
+        };
+        let names: BTreeSet<String> = ["bin-packer".to_string(), "spreader".to_string()].into();
+        assert!(pending(&pod("bin-packer"), &names));
+        assert!(pending(&pod("spreader"), &names));
+        assert!(!pending(&pod("default-scheduler"), &names));
+        assert!(!pending(&pod("unknown"), &names));
     }
 
     #[test]

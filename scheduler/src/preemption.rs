@@ -272,9 +272,17 @@ pub fn select_victims_on_node(
 
 /// `calculateNumCandidates`: 10% of the nodes, at least 100, at most all of them.
 pub fn num_candidates(num_nodes: usize) -> usize {
-    (num_nodes * MIN_CANDIDATE_NODES_PERCENTAGE / 100)
-        .max(MIN_CANDIDATE_NODES_ABSOLUTE)
-        .min(num_nodes)
+    num_candidates_with(
+        MIN_CANDIDATE_NODES_PERCENTAGE,
+        MIN_CANDIDATE_NODES_ABSOLUTE,
+        num_nodes,
+    )
+}
+
+/// `calculateNumCandidates` with DefaultPreemptionArgs' `minCandidateNodesPercentage` and
+/// `minCandidateNodesAbsolute`.
+pub fn num_candidates_with(percentage: usize, absolute: usize, num_nodes: usize) -> usize {
+    (num_nodes * percentage / 100).max(absolute).min(num_nodes)
 }
 
 /// `GetEarliestPodStartTime`: the earliest start among the highest-priority victims.
@@ -366,6 +374,13 @@ pub fn preempt(input: &PreemptionInput<'_>, rng: &mut impl Rng) -> PostFilterRes
         pdbs,
         now,
     } = *input;
+    let candidates_for = |n: usize| {
+        num_candidates_with(
+            state.switches.min_candidate_nodes_percentage,
+            state.switches.min_candidate_nodes_absolute,
+            n,
+        )
+    };
     let status_of = |name: &str| {
         diagnosis
             .node_to_status
@@ -391,7 +406,7 @@ pub fn preempt(input: &PreemptionInput<'_>, rng: &mut impl Rng) -> PostFilterRes
     let mut violating: Vec<Candidate> = Vec::new();
     if !potential.is_empty() {
         let offset = rng.random_range(0..potential.len());
-        let wanted = num_candidates(potential.len());
+        let wanted = candidates_for(potential.len());
         for i in 0..potential.len() {
             let node = potential[(offset + i) % potential.len()];
             let nominated = nominator.pods_for_node(node.name());
@@ -420,8 +435,8 @@ pub fn preempt(input: &PreemptionInput<'_>, rng: &mut impl Rng) -> PostFilterRes
             }
         }
     }
-    non_violating.truncate(num_candidates(potential.len()));
-    violating.truncate(num_candidates(potential.len()));
+    non_violating.truncate(candidates_for(potential.len()));
+    violating.truncate(candidates_for(potential.len()));
     let candidates: Vec<Candidate> = non_violating.into_iter().chain(violating).collect();
     let Some(best) = pick_one_node_for_preemption(&candidates, now) else {
         let fit = FitError {
@@ -704,6 +719,10 @@ mod tests {
         assert_eq!(num_candidates(100), 100);
         assert_eq!(num_candidates(500), 100);
         assert_eq!(num_candidates(5000), 500);
+        // DefaultPreemptionArgs 20% / at least 5.
+        assert_eq!(num_candidates_with(20, 5, 3), 3);
+        assert_eq!(num_candidates_with(20, 5, 10), 5);
+        assert_eq!(num_candidates_with(20, 5, 100), 20);
     }
 
     #[test]

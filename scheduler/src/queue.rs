@@ -102,6 +102,7 @@ pub struct SchedulingQueue {
     /// ends, as upstream's async preemption gates them in PreEnqueue (otherwise they would be
     /// retried, and preempt again, before their victims are even marked).
     preempting: std::collections::HashSet<String>,
+    backoff: Backoff,
 }
 
 pub fn pod_key(pod: &Pod) -> String {
@@ -112,20 +113,41 @@ pub fn pod_key(pod: &Pod) -> String {
     )
 }
 
-/// `calculateBackoffDuration`: initial × 2^(attempts−1), capped.
-pub fn backoff_duration(attempts: u32) -> Duration {
-    let mut d = POD_INITIAL_BACKOFF;
-    for _ in 1..attempts {
-        d = d.saturating_mul(2);
-        if d >= POD_MAX_BACKOFF {
-            return POD_MAX_BACKOFF;
-        }
-    }
-    d.min(POD_MAX_BACKOFF)
+/// `podInitialBackoffSeconds` / `podMaxBackoffSeconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
 }
 
-fn backoff_expiry(info: &QueuedPod) -> Instant {
-    info.timestamp + backoff_duration(info.attempts)
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: POD_INITIAL_BACKOFF,
+            max: POD_MAX_BACKOFF,
+        }
+    }
+}
+
+/// `calculateBackoffDuration` with the default backoff.
+pub fn backoff_duration(attempts: u32) -> Duration {
+    backoff_duration_with(Backoff::default(), attempts)
+}
+
+/// `calculateBackoffDuration`: initial × 2^(attempts−1), capped.
+pub fn backoff_duration_with(b: Backoff, attempts: u32) -> Duration {
+    let mut d = b.initial;
+    for _ in 1..attempts {
+        d = d.saturating_mul(2);
+        if d >= b.max {
+            return b.max;
+        }
+    }
+    d.min(b.max)
+}
+
+fn backoff_expiry(info: &QueuedPod, b: Backoff) -> Instant {
+    info.timestamp + backoff_duration_with(b, info.attempts)
 }
 
 /// Whether an update may change the outcome of scheduling (`isPodUpdated`, which ignores
@@ -137,6 +159,14 @@ fn spec_changed(old: &Pod, new: &Pod) -> bool {
 }
 
 impl SchedulingQueue {
+    /// A queue with the configuration's `podInitialBackoffSeconds` / `podMaxBackoffSeconds`.
+    pub fn with_backoff(initial: Duration, max: Duration) -> Self {
+        SchedulingQueue {
+            backoff: Backoff { initial, max },
+            ..SchedulingQueue::default()
+        }
+    }
+
     fn push_active(&mut self, key: &str) {
         self.seq += 1;
         let seq = self.seq;
@@ -244,7 +274,7 @@ impl SchedulingQueue {
         let Some(e) = self.entries.get_mut(key) else {
             return;
         };
-        if backoff_expiry(&e.info) > now {
+        if backoff_expiry(&e.info, self.backoff) > now {
             e.at = Where::Backoff;
         } else {
             self.push_active(key);
@@ -297,7 +327,7 @@ impl SchedulingQueue {
         let done: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.at == Where::Backoff && backoff_expiry(&e.info) <= now)
+            .filter(|(_, e)| e.at == Where::Backoff && backoff_expiry(&e.info, self.backoff) <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for k in done {
@@ -328,7 +358,12 @@ impl SchedulingQueue {
                 .entries
                 .iter()
                 .filter(|(_, e)| e.at == Where::Backoff && !e.error_backoff)
-                .min_by_key(|(_, e)| (backoff_expiry(&e.info), Reverse(pod_priority(&e.info.pod))))
+                .min_by_key(|(_, e)| {
+                    (
+                        backoff_expiry(&e.info, self.backoff),
+                        Reverse(pod_priority(&e.info.pod)),
+                    )
+                })
                 .map(|(k, _)| k.clone())?,
         };
         self.scheduling_cycle += 1;
@@ -409,7 +444,7 @@ impl SchedulingQueue {
         self.entries
             .values()
             .filter(|e| e.at == Where::Backoff)
-            .map(|e| backoff_expiry(&e.info))
+            .map(|e| backoff_expiry(&e.info, self.backoff))
             .min()
     }
 
@@ -472,6 +507,18 @@ mod tests {
             names(&mut q, t + Duration::from_millis(5)),
             ["ns/high", "ns/mid", "ns/low", "ns/low-later"]
         );
+    }
+
+    #[test]
+    fn configured_backoff_doubles_from_its_initial_value_up_to_its_maximum() {
+        let b = Backoff {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(5),
+        };
+        let secs: Vec<u64> = (1..=4)
+            .map(|a| backoff_duration_with(b, a).as_secs())
+            .collect();
+        assert_eq!(secs, vec![2, 4, 5, 5]);
     }
 
     #[test]

@@ -397,8 +397,38 @@ fn process_term(
     }
 }
 
+/// InterPodAffinityArgs' scoring knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScoreArgs {
+    /// `hardPodAffinityWeight`: what an existing pod's required affinity term matching the
+    /// incoming pod adds (0 turns it off).
+    pub hard_pod_affinity_weight: i64,
+    /// `ignorePreferredTermsOfExistingPods`.
+    pub ignore_preferred_terms_of_existing_pods: bool,
+}
+
+impl Default for ScoreArgs {
+    fn default() -> Self {
+        ScoreArgs {
+            hard_pod_affinity_weight: HARD_POD_AFFINITY_WEIGHT,
+            ignore_preferred_terms_of_existing_pods: false,
+        }
+    }
+}
+
 /// PreScore. `None` is upstream's Skip (every node then scores 0 for this plugin).
 pub fn pre_score(
+    pod: &Pod,
+    feasible: usize,
+    all_nodes: &[&NodeInfo],
+    namespaces: &NamespaceLabels,
+) -> Option<PreScoreState> {
+    pre_score_with(ScoreArgs::default(), pod, feasible, all_nodes, namespaces)
+}
+
+/// PreScore with the profile's InterPodAffinityArgs.
+pub fn pre_score_with(
+    args: ScoreArgs,
     pod: &Pod,
     feasible: usize,
     all_nodes: &[&NodeInfo],
@@ -411,6 +441,11 @@ pub fn pre_score(
     let mut terms = PodAffinityTerms::parse(pod).ok()?;
     let has_constraints =
         !terms.preferred_affinity.is_empty() || !terms.preferred_anti_affinity.is_empty();
+    // Existing pods' preferences are optionally ignored, and then a pod without preferred
+    // terms of its own has nothing to score.
+    if args.ignore_preferred_terms_of_existing_pods && !has_constraints {
+        return None;
+    }
     for w in terms
         .preferred_affinity
         .iter_mut()
@@ -439,18 +474,21 @@ pub fn pre_score(
             let Some(existing) = pi.affinity.as_deref() else {
                 continue;
             };
-            if HARD_POD_AFFINITY_WEIGHT > 0 {
+            if args.hard_pod_affinity_weight > 0 {
                 for t in &existing.required_affinity {
                     process_term(
                         &mut scores,
                         t,
-                        HARD_POD_AFFINITY_WEIGHT,
+                        args.hard_pod_affinity_weight,
                         pod,
                         ns_labels,
                         node,
                         1,
                     );
                 }
+            }
+            if args.ignore_preferred_terms_of_existing_pods {
+                continue;
             }
             for w in &existing.preferred_affinity {
                 process_term(&mut scores, &w.term, w.weight, pod, ns_labels, node, 1);
@@ -782,6 +820,39 @@ mod tests {
         let mut s: Vec<i64> = refs.iter().map(|n| score(&state, n)).collect();
         normalize(&mut s);
         Some(s)
+    }
+
+    #[test]
+    fn existing_pods_preferences_and_hard_affinity_follow_the_profile_args() {
+        // An existing pod prefers, and requires, pods labelled app=web on its host.
+        let existing = with_affinity(
+            "e",
+            json!({}),
+            json!({"podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [term(HOST, json!({"app": "web"}))],
+                "preferredDuringSchedulingIgnoredDuringExecution": [weighted(5, HOST, json!({"app": "web"}))]}}),
+        );
+        let nodes = [zoned("a", None, vec![existing]), zoned("b", None, vec![])];
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let web = plain("p", json!({"app": "web"}));
+        let ns = NamespaceLabels::new();
+        let raw = |args: ScoreArgs| {
+            pre_score_with(args, &web, refs.len(), &refs, &ns)
+                .map(|st| refs.iter().map(|n| score(&st, n)).collect::<Vec<i64>>())
+        };
+        // Default: hard weight 1 plus the preference 5.
+        assert_eq!(raw(ScoreArgs::default()), Some(vec![6, 0]));
+        let no_hard = ScoreArgs {
+            hard_pod_affinity_weight: 0,
+            ..ScoreArgs::default()
+        };
+        assert_eq!(raw(no_hard), Some(vec![5, 0]));
+        // Ignoring existing pods' preferences skips a pod without preferred terms outright.
+        let ignore = ScoreArgs {
+            ignore_preferred_terms_of_existing_pods: true,
+            ..ScoreArgs::default()
+        };
+        assert_eq!(raw(ignore), None);
     }
 
     fn weighted(weight: i32, key: &str, sel: Value) -> Value {

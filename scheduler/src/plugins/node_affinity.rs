@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, Pod};
 
 use super::{Code, MAX_NODE_SCORE, Status, default_normalize_score};
 use crate::cache::NodeInfo;
 
 pub const NAME: &str = "NodeAffinity";
 pub const ERR_REASON_POD: &str = "node(s) didn't match Pod's node affinity/selector";
+/// `errReasonEnforced`: the profile's `addedAffinity` rejected the node.
+pub const ERR_REASON_ENFORCED: &str = "node(s) didn't match scheduler-enforced node affinity";
 /// `errReasonConflict`: required terms naming nodes by `metadata.name` that no node satisfies.
 pub const ERR_REASON_CONFLICT: &str = "pod affinity terms conflict";
 
@@ -182,6 +184,47 @@ pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
         })
         .unwrap_or_default();
     terms
+        .iter()
+        .filter(|t| t.weight != 0 && term_matches(&t.preference, node))
+        .map(|t| i64::from(t.weight))
+        .sum()
+}
+
+/// NodeAffinityArgs' `addedAffinity` in Filter: its required terms (ORed) must match too,
+/// checked before the pod's own.
+pub fn added_filter(added: &NodeAffinity, node: &NodeInfo) -> Option<Status> {
+    let required = added
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?;
+    if required
+        .node_selector_terms
+        .iter()
+        .any(|t| term_matches(t, node))
+    {
+        return None;
+    }
+    Some(Status::new(
+        Code::UnschedulableAndUnresolvable,
+        NAME,
+        ERR_REASON_ENFORCED,
+    ))
+}
+
+/// Whether `addedAffinity` has preferred terms, which make Score run for every pod.
+pub fn added_has_preferred_terms(added: &NodeAffinity) -> bool {
+    added
+        .preferred_during_scheduling_ignored_during_execution
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+}
+
+/// `addedPrefSchedTerms.Score`: the weights of the matching added preferred terms, added to
+/// the pod's own.
+pub fn added_score(added: &NodeAffinity, node: &NodeInfo) -> i64 {
+    added
+        .preferred_during_scheduling_ignored_during_execution
+        .as_deref()
+        .unwrap_or_default()
         .iter()
         .filter(|t| t.weight != 0 && term_matches(&t.preference, node))
         .map(|t| i64::from(t.weight))
@@ -388,5 +431,26 @@ mod tests {
     #[test]
     fn a_pod_without_preferences_skips_scoring() {
         assert!(!has_preferred_terms(&pod(json!({}))));
+    }
+
+    #[test]
+    fn scheduler_enforced_affinity_must_match_as_well_as_the_pods_own() {
+        let added: NodeAffinity = serde_json::from_value(json!({
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 5, "preference": {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}}],
+        }))
+        .expect("affinity");
+        let in_a = node(json!({"name": "n1", "labels": {"zone": "a", "disk": "ssd"}}));
+        let in_b = node(json!({"name": "n2", "labels": {"zone": "b"}}));
+        assert_eq!(added_filter(&added, &in_a), None);
+        assert_eq!(
+            added_filter(&added, &in_b).map(|s| s.reasons),
+            Some(vec![ERR_REASON_ENFORCED.to_string()])
+        );
+        assert!(added_has_preferred_terms(&added));
+        assert_eq!(added_score(&added, &in_a), 5);
+        assert_eq!(added_score(&added, &in_b), 0);
     }
 }

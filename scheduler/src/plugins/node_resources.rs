@@ -6,6 +6,7 @@
 
 use super::{Code, MAX_NODE_SCORE, Status};
 use crate::cache::NodeInfo;
+use crate::config::{ResourceSpec, ScoringStrategy, ShapePoint};
 use crate::resources::PodResources;
 
 pub const FIT_NAME: &str = "NodeResourcesFit";
@@ -91,6 +92,124 @@ pub fn least_allocated_score(pod: &PodResources, node: &NodeInfo) -> i64 {
     if weights == 0 { 0 } else { sum / weights }
 }
 
+/// `calculateResourceAllocatableRequest` for NodeResourcesFit (non-zero cpu/memory requests):
+/// the node's allocatable and what would be requested with the pod; (0, 0) for an extended
+/// resource the pod does not ask for, so that it is left out of the score.
+fn allocatable_and_requested(pod: &PodResources, node: &NodeInfo, resource: &str) -> (i64, i64) {
+    match resource {
+        "cpu" => (
+            node.allocatable.milli_cpu,
+            node.non_zero_requested.milli_cpu + pod.non_zero.milli_cpu,
+        ),
+        "memory" => (
+            node.allocatable.memory,
+            node.non_zero_requested.memory + pod.non_zero.memory,
+        ),
+        "ephemeral-storage" => (
+            node.allocatable.ephemeral_storage,
+            node.requested.ephemeral_storage + pod.requested.ephemeral_storage,
+        ),
+        other => {
+            let want = pod.requested.scalar.get(other).copied().unwrap_or(0);
+            if want == 0 {
+                return (0, 0);
+            }
+            match node.allocatable.scalar.get(other) {
+                Some(have) => (
+                    *have,
+                    node.requested.scalar.get(other).copied().unwrap_or(0) + want,
+                ),
+                None => (0, 0),
+            }
+        }
+    }
+}
+
+/// `mostRequestedScore`: pods without requests get minimum values, so `requested` may exceed
+/// the capacity; it is capped there.
+pub fn most_requested(requested: i64, capacity: i64) -> i64 {
+    if capacity == 0 {
+        return 0;
+    }
+    requested.min(capacity) * MAX_NODE_SCORE / capacity
+}
+
+/// `helper.BuildBrokenLinearFunction`: linear between the shape's points, flat outside them.
+pub fn broken_linear(shape: &[ShapePoint], p: i64) -> i64 {
+    for (i, point) in shape.iter().enumerate() {
+        if p <= point.utilization {
+            if i == 0 {
+                return point.score;
+            }
+            let prev = shape[i - 1];
+            return prev.score
+                + (point.score - prev.score) * (p - prev.utilization)
+                    / (point.utilization - prev.utilization);
+        }
+    }
+    shape.last().map(|p| p.score).unwrap_or(0)
+}
+
+/// `buildRequestedToCapacityRatioScorerFunction`: each resource's utilization (capped at 100)
+/// through the shape; only positive scores count, and the weighted mean is rounded.
+fn requested_to_capacity_ratio(
+    shape: &[ShapePoint],
+    weights: &[i64],
+    requested: &[i64],
+    allocatable: &[i64],
+) -> i64 {
+    const MAX_UTILIZATION: i64 = 100;
+    let (mut sum, mut weight_sum) = (0i64, 0i64);
+    for i in 0..requested.len() {
+        if allocatable[i] == 0 {
+            continue;
+        }
+        let utilization = if requested[i] > allocatable[i] {
+            MAX_UTILIZATION
+        } else {
+            requested[i] * MAX_UTILIZATION / allocatable[i]
+        };
+        let score = broken_linear(shape, utilization);
+        if score > 0 {
+            sum += score * weights[i];
+            weight_sum += weights[i];
+        }
+    }
+    if weight_sum == 0 {
+        return 0;
+    }
+    (sum as f64 / weight_sum as f64).round() as i64
+}
+
+/// NodeResourcesFit's Score with the profile's scoring strategy (`resourceAllocationScorer`
+/// with `leastResourceScorer`, `mostResourceScorer` or the RequestedToCapacityRatio scorer).
+pub fn fit_score(strategy: &ScoringStrategy, pod: &PodResources, node: &NodeInfo) -> i64 {
+    let resources = strategy.resources();
+    let (allocatable, requested): (Vec<i64>, Vec<i64>) = resources
+        .iter()
+        .map(|r| allocatable_and_requested(pod, node, &r.name))
+        .unzip();
+    let weights: Vec<i64> = resources.iter().map(|r| r.weight).collect();
+    let per_resource = |f: fn(i64, i64) -> i64| {
+        let (mut sum, mut weight_sum) = (0, 0);
+        for i in 0..resources.len() {
+            if allocatable[i] == 0 {
+                continue;
+            }
+            sum += f(requested[i], allocatable[i]) * weights[i];
+            weight_sum += weights[i];
+        }
+        if weight_sum == 0 { 0 } else { sum / weight_sum }
+    };
+    match strategy {
+        ScoringStrategy::LeastAllocated(_) => per_resource(least_requested),
+        ScoringStrategy::MostAllocated(_) => per_resource(most_requested),
+        ScoringStrategy::RequestedToCapacityRatio { shape, .. } => {
+            requested_to_capacity_ratio(shape, &weights, &requested, &allocatable)
+        }
+    }
+}
+
 /// `balancedResourceScore`: (1 − standard deviation of the requested fractions) × 100.
 fn balanced_resource_score(requested: &[i64], allocatable: &[i64]) -> i64 {
     let fractions: Vec<f64> = requested
@@ -130,6 +249,64 @@ pub fn balanced_allocation_score(pod: &PodResources, node: &NodeInfo) -> i64 {
         allocated[0] + pod.requested.milli_cpu,
         allocated[1] + pod.requested.memory,
     ];
+    let with_pod = balanced_resource_score(&requested, &allocatable);
+    let without_pod = balanced_resource_score(&allocated, &allocatable);
+    MAX_NODE_SCORE / 2 + (MAX_NODE_SCORE / 2 + with_pod - without_pod) / 2
+}
+
+/// A pod's actual request of one resource (BalancedAllocation uses requests as they are).
+fn pod_request(pod: &PodResources, resource: &str) -> i64 {
+    match resource {
+        "cpu" => pod.requested.milli_cpu,
+        "memory" => pod.requested.memory,
+        "ephemeral-storage" => pod.requested.ephemeral_storage,
+        other => pod.requested.scalar.get(other).copied().unwrap_or(0),
+    }
+}
+
+/// The node's allocatable and requested amounts of one resource (`useRequested`); an extended
+/// resource the pod does not ask for is left out as (0, 0).
+fn node_allocatable_and_requested(node: &NodeInfo, resource: &str, pod_request: i64) -> (i64, i64) {
+    match resource {
+        "cpu" => (node.allocatable.milli_cpu, node.requested.milli_cpu),
+        "memory" => (node.allocatable.memory, node.requested.memory),
+        "ephemeral-storage" => (
+            node.allocatable.ephemeral_storage,
+            node.requested.ephemeral_storage,
+        ),
+        _ if pod_request == 0 => (0, 0),
+        other => match node.allocatable.scalar.get(other) {
+            Some(have) => (
+                *have,
+                node.requested.scalar.get(other).copied().unwrap_or(0),
+            ),
+            None => (0, 0),
+        },
+    }
+}
+
+/// BalancedAllocation's PreScore with configured resources: best-effort pods (no request of
+/// any configured resource) are skipped.
+pub fn balanced_allocation_applies_for(resources: &[ResourceSpec], pod: &PodResources) -> bool {
+    resources.iter().any(|r| pod_request(pod, &r.name) != 0)
+}
+
+/// [`balanced_allocation_score`] over NodeResourcesBalancedAllocationArgs' `resources`.
+pub fn balanced_allocation_score_for(
+    resources: &[ResourceSpec],
+    pod: &PodResources,
+    node: &NodeInfo,
+) -> i64 {
+    let mut allocatable = Vec::with_capacity(resources.len());
+    let mut allocated = Vec::with_capacity(resources.len());
+    let mut requested = Vec::with_capacity(resources.len());
+    for r in resources {
+        let want = pod_request(pod, &r.name);
+        let (have, used) = node_allocatable_and_requested(node, &r.name, want);
+        allocatable.push(have);
+        allocated.push(used);
+        requested.push(used + want);
+    }
     let with_pod = balanced_resource_score(&requested, &allocatable);
     let without_pod = balanced_resource_score(&allocated, &allocatable);
     MAX_NODE_SCORE / 2 + (MAX_NODE_SCORE / 2 + with_pod - without_pod) / 2
@@ -424,6 +601,146 @@ mod tests {
         for (name, pod, node, want) in cases {
             assert!(balanced_allocation_applies(&pod), "{name}");
             assert_eq!(balanced_allocation_score(&pod, &node), want, "{name}");
+            // The configurable form with the default resources agrees.
+            let defaults = crate::config::default_resources();
+            assert!(balanced_allocation_applies_for(&defaults, &pod), "{name}");
+            assert_eq!(
+                balanced_allocation_score_for(&defaults, &pod, &node),
+                want,
+                "{name}"
+            );
         }
+    }
+
+    fn resources(cpu: i64, mem: i64) -> Vec<crate::config::ResourceSpec> {
+        vec![
+            crate::config::ResourceSpec {
+                name: "cpu".into(),
+                weight: cpu,
+            },
+            crate::config::ResourceSpec {
+                name: "memory".into(),
+                weight: mem,
+            },
+        ]
+    }
+
+    /// A pod with two containers, as upstream's score tests build them (requests summed).
+    fn two_container_pod(cpu: [i64; 2], mem: [i64; 2]) -> PodResources {
+        pod_resources(&pod(json!({"containers": [
+            {"name": "a", "resources": {"requests": {"cpu": format!("{}m", cpu[0]), "memory": format!("{}", mem[0])}}},
+            {"name": "b", "resources": {"requests": {"cpu": format!("{}m", cpu[1]), "memory": format!("{}", mem[1])}}},
+        ]})))
+    }
+
+    fn no_containers() -> PodResources {
+        pod_resources(&pod(json!({"containers": []})))
+    }
+
+    fn sized_node(cpu: i64, mem: i64) -> NodeInfo {
+        node(
+            json!({"allocatable": {"cpu": format!("{cpu}m"), "memory": format!("{mem}"), "pods": "32"}}),
+        )
+    }
+
+    // most_allocated_test.go: "nothing scheduled, nothing requested".
+    #[test]
+    fn most_allocated_scores_an_empty_pod_on_empty_nodes_zero() {
+        let s = ScoringStrategy::MostAllocated(resources(1, 1));
+        assert_eq!(fit_score(&s, &no_containers(), &sized_node(4000, 10000)), 0);
+    }
+
+    // most_allocated_test.go: "nothing scheduled, resources requested, differently sized
+    // nodes": cpu 3000/4000 = 75, memory 5000/10000 = 50 → 62; on 6000/10000 → 50.
+    #[test]
+    fn most_allocated_prefers_the_node_the_pod_fills_most() {
+        let s = ScoringStrategy::MostAllocated(resources(1, 1));
+        let p = two_container_pod([1000, 2000], [2000, 3000]);
+        assert_eq!(fit_score(&s, &p, &sized_node(4000, 10000)), 62);
+        assert_eq!(fit_score(&s, &p, &sized_node(6000, 10000)), 50);
+    }
+
+    #[test]
+    fn most_allocated_caps_requests_above_capacity_and_weighs_resources() {
+        // cpu 6000 on 4000 is capped at 100; memory 5000/10000 = 50; weights cpu 3, memory 1.
+        let s = ScoringStrategy::MostAllocated(resources(3, 1));
+        let p = two_container_pod([3000, 3000], [2000, 3000]);
+        assert_eq!(
+            fit_score(&s, &p, &sized_node(4000, 10000)),
+            (100 * 3 + 50) / 4
+        );
+        assert_eq!(most_requested(5, 0), 0);
+    }
+
+    #[test]
+    fn least_allocated_with_default_resources_matches_the_default_score() {
+        let s = ScoringStrategy::LeastAllocated(resources(1, 1));
+        let p = two_container_pod([1000, 2000], [2000, 3000]);
+        let n = sized_node(6000, 10000);
+        assert_eq!(fit_score(&s, &p, &n), least_allocated_score(&p, &n));
+    }
+
+    fn least_shape() -> Vec<ShapePoint> {
+        // {0, 10}, {100, 0} scaled to 0..100.
+        vec![
+            ShapePoint {
+                utilization: 0,
+                score: 100,
+            },
+            ShapePoint {
+                utilization: 100,
+                score: 0,
+            },
+        ]
+    }
+
+    // requested_to_capacity_ratio_test.go: "nothing scheduled, nothing requested (default -
+    // least requested nodes have priority)" and "…, resources requested, differently sized
+    // nodes": 75% cpu → 25, 50% memory → 50, rounded mean 38; 50%/50% → 50.
+    #[test]
+    fn requested_to_capacity_ratio_follows_the_shape_and_rounds_the_mean() {
+        let s = ScoringStrategy::RequestedToCapacityRatio {
+            resources: resources(1, 1),
+            shape: least_shape(),
+        };
+        assert_eq!(
+            fit_score(&s, &no_containers(), &sized_node(4000, 10000)),
+            100
+        );
+        let p = two_container_pod([1000, 2000], [2000, 3000]);
+        assert_eq!(fit_score(&s, &p, &sized_node(4000, 10000)), 38);
+        assert_eq!(fit_score(&s, &p, &sized_node(6000, 10000)), 50);
+    }
+
+    #[test]
+    fn requested_to_capacity_ratio_leaves_out_resources_scoring_zero() {
+        // cpu over capacity → utilization 100 → score 0, left out; memory 50% → 50.
+        let s = ScoringStrategy::RequestedToCapacityRatio {
+            resources: resources(1, 1),
+            shape: least_shape(),
+        };
+        let p = two_container_pod([3000, 3000], [2000, 3000]);
+        assert_eq!(fit_score(&s, &p, &sized_node(4000, 10000)), 50);
+    }
+
+    // helper/shape_score_test.go style: flat before the first point and after the last,
+    // linear in between.
+    #[test]
+    fn the_broken_linear_function_interpolates_between_points() {
+        let shape = [
+            ShapePoint {
+                utilization: 10,
+                score: 1,
+            },
+            ShapePoint {
+                utilization: 90,
+                score: 9,
+            },
+        ];
+        let got: Vec<i64> = [0, 10, 50, 90, 100]
+            .iter()
+            .map(|p| broken_linear(&shape, *p))
+            .collect();
+        assert_eq!(got, vec![1, 1, 5, 9, 9]);
     }
 }

@@ -168,6 +168,18 @@ pub fn constraints_for(
     action: Action,
     default_selector: &Selector,
 ) -> Result<Vec<Constraint>, String> {
+    constraints_for_with(None, pod, action, default_selector)
+}
+
+/// [`constraints_for`] with the profile's PodTopologySpreadArgs: `None` is `defaultingType:
+/// System`, `Some` the `List` of `defaultConstraints`, each given the pod's default selector
+/// (`buildDefaultConstraints`).
+pub fn constraints_for_with(
+    defaults: Option<&[TopologySpreadConstraint]>,
+    pod: &Pod,
+    action: Action,
+    default_selector: &Selector,
+) -> Result<Vec<Constraint>, String> {
     let declared = pod
         .spec
         .as_ref()
@@ -175,6 +187,16 @@ pub fn constraints_for(
         .unwrap_or_default();
     if !declared.is_empty() {
         return filter_constraints(declared, labels_of(&pod.metadata), action);
+    }
+    if let Some(list) = defaults {
+        let mut constraints = filter_constraints(list, labels_of(&pod.metadata), action)?;
+        if constraints.is_empty() || default_selector.is_empty() {
+            return Ok(Vec::new());
+        }
+        for c in &mut constraints {
+            c.selector = default_selector.clone();
+        }
+        return Ok(constraints);
     }
     if action != Action::ScheduleAnyway || default_selector.is_empty() {
         return Ok(Vec::new());
@@ -288,7 +310,17 @@ pub fn pre_filter(
     all_nodes: &[&NodeInfo],
     default_selector: &Selector,
 ) -> Result<Option<PreFilterState>, Status> {
-    let constraints = constraints_for(pod, Action::DoNotSchedule, default_selector)
+    pre_filter_with(None, pod, all_nodes, default_selector)
+}
+
+/// [`pre_filter`] with the profile's default constraints (see [`constraints_for_with`]).
+pub fn pre_filter_with(
+    defaults: Option<&[TopologySpreadConstraint]>,
+    pod: &Pod,
+    all_nodes: &[&NodeInfo],
+    default_selector: &Selector,
+) -> Result<Option<PreFilterState>, Status> {
+    let constraints = constraints_for_with(defaults, pod, Action::DoNotSchedule, default_selector)
         .map_err(|e| error_status(format!("get constraints from pod: {e}")))?;
     if constraints.is_empty() {
         return Ok(None);
@@ -418,6 +450,26 @@ pub fn pre_score(
     default_selector: &Selector,
     system_defaulted: bool,
 ) -> Option<PreScoreState> {
+    pre_score_with(
+        None,
+        pod,
+        feasible,
+        all_nodes,
+        default_selector,
+        system_defaulted,
+    )
+}
+
+/// [`pre_score`] with the profile's default constraints; a `List` is never system-defaulted.
+pub fn pre_score_with(
+    defaults: Option<&[TopologySpreadConstraint]>,
+    pod: &Pod,
+    feasible: &[&NodeInfo],
+    all_nodes: &[&NodeInfo],
+    default_selector: &Selector,
+    system_defaulted: bool,
+) -> Option<PreScoreState> {
+    let system_defaulted = system_defaulted && defaults.is_none();
     if all_nodes.is_empty() {
         return None;
     }
@@ -430,7 +482,8 @@ pub fn pre_score(
     // still get hostname spreading.
     let require_all = declared || !system_defaulted;
     // A constraint error was reported by PreFilter already; scoring skips.
-    let constraints = constraints_for(pod, Action::ScheduleAnyway, default_selector).ok()?;
+    let constraints =
+        constraints_for_with(defaults, pod, Action::ScheduleAnyway, default_selector).ok()?;
     if constraints.is_empty() {
         return None;
     }
@@ -592,6 +645,39 @@ mod tests {
     }
 
     const SKEW: &str = ERR_REASON_CONSTRAINTS_NOT_MATCH;
+
+    #[test]
+    fn listed_default_constraints_apply_with_the_pods_default_selector() {
+        // A profile's List default: zones may differ by at most 1 (DoNotSchedule).
+        let defaults: Vec<TopologySpreadConstraint> = vec![
+            serde_json::from_value(json!({"maxSkew": 1, "topologyKey": ZONE,
+                "whenUnsatisfiable": "DoNotSchedule"}))
+            .expect("constraint"),
+        ];
+        let nodes = [
+            zoned("a", Some("z1"), vec![foo("x"), foo("y")]),
+            zoned("b", Some("z2"), vec![foo("w")]),
+        ];
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let incoming = foo("p");
+        // The default selector (its Services' / controller's) matches the foo pods.
+        let sel = Selector::from_set(&BTreeMap::from([("foo".to_string(), String::new())]));
+        let state = pre_filter_with(Some(&defaults), &incoming, &refs, &sel)
+            .expect("pre-filter")
+            .expect("constraints apply");
+        let got: Vec<bool> = nodes
+            .iter()
+            .map(|n| filter(&incoming, Some(&state), n).is_none())
+            .collect();
+        assert_eq!(got, vec![false, true]);
+        // Without a default selector (no owner, no Service) the defaults do not apply, and the
+        // system defaults never add DoNotSchedule constraints.
+        assert_eq!(
+            pre_filter_with(Some(&defaults), &incoming, &refs, &Selector::default()),
+            Ok(None)
+        );
+        assert_eq!(pre_filter(&incoming, &refs, &sel), Ok(None));
+    }
 
     #[test]
     fn without_existing_pods_every_node_fits() {
