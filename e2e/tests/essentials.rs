@@ -591,16 +591,29 @@ async fn a_finished_job_is_deleted_in_the_foreground_once_its_ttl_expires() -> R
     let client = bed.client().await?;
     let ns = testing::namespace(&client, "essentials-ttl").await?;
     let jobs = Api::<Job>::namespaced(client.clone(), &ns);
-    // There is no Job controller in this bed: the test finishes the Job itself.
+    // The test finishes the Job itself, so it hands the Job to another controller (managedBy):
+    // Ferrite's Job controller leaves it alone, as upstream's does.
     let job: Job = obj(json!({
         "metadata": {"name": "done"},
         "spec": {
             "ttlSecondsAfterFinished": 5,
+            "managedBy": "example.com/test-controller",
             "template": {"spec": {"restartPolicy": "Never",
                 "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}},
         },
     }))?;
-    jobs.create(&PostParams::default(), &job).await?;
+    let created = jobs.create(&PostParams::default(), &job).await?;
+    // A dependent that blocks its owner's deletion and is held by a finalizer of ours: while it
+    // exists, a foreground deletion keeps the Job with its foregroundDeletion finalizer.
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let dependent: ConfigMap = obj(json!({
+        "metadata": {"name": "dependent", "finalizers": ["example.com/hold"],
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "done",
+                "uid": created.metadata.uid, "blockOwnerDeletion": true}]},
+    }))?;
+    configmaps
+        .create(&PostParams::default(), &dependent)
+        .await?;
 
     let finished = Timestamp::now().round(k8s_openapi::jiff::Unit::Second)?;
     let at = finished.to_string();
@@ -614,8 +627,6 @@ async fn a_finished_job_is_deleted_in_the_foreground_once_its_ttl_expires() -> R
     jobs.patch_status("done", &PatchParams::default(), &Patch::Merge(status))
         .await?;
 
-    // Without a garbage collector in this bed, foreground deletion leaves the Job in place with
-    // its deletionTimestamp and the foregroundDeletion finalizer; that is the controller's part.
     let deleted = eventually(
         "the Job to be deleted",
         Duration::from_secs(30),
@@ -655,12 +666,14 @@ async fn a_finished_job_is_deleted_in_the_foreground_once_its_ttl_expires() -> R
         "not a foreground deletion: {:?}",
         deleted.metadata.finalizers
     );
-    jobs.patch(
-        "done",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await?;
+    // The garbage collector deletes the dependent first; once it is gone, the Job goes too.
+    configmaps
+        .patch(
+            "dependent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
     eventually(
         "the Job to be gone",
         Duration::from_secs(30),
