@@ -16,6 +16,7 @@ use kube::api::{Api, DeleteParams, Preconditions, PropagationPolicy};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::job::util::{finished_condition, is_finished};
 use crate::manager::ControllerContext;
 
 pub const NAME: &str = "ttl-after-finished-controller";
@@ -48,20 +49,6 @@ pub enum Decision {
     RequeueAfter(Duration),
     /// Expired (at the given time): delete.
     Delete { expired_at: Timestamp },
-}
-
-/// `jobutil.IsJobFinished`: a Complete or Failed condition with status True.
-pub fn is_finished(job: &Job) -> bool {
-    finished_condition(job).is_some()
-}
-
-fn finished_condition(job: &Job) -> Option<&k8s_openapi::api::batch::v1::JobCondition> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
 }
 
 /// `needsCleanup`: a TTL is set and the Job has finished.

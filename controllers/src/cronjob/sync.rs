@@ -245,13 +245,7 @@ pub fn format_schedule(cj: &CronJob, events: Option<&mut Vec<Event>>) -> String 
 
 /// `getFinishedStatus`: the type of the first true Complete/Failed condition.
 pub fn finished_status(job: &Job) -> Option<&str> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        .map(|c| c.type_.as_str())
+    crate::job::util::finished_condition(job).map(|c| c.type_.as_str())
 }
 
 fn is_succeeded(job: &Job) -> bool {

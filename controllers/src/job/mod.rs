@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod success_policy;
 pub mod sync;
 pub mod tracking;
+pub mod util;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};

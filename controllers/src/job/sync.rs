@@ -70,27 +70,18 @@ pub fn is_indexed(job: &Job) -> bool {
     job.spec.as_ref().and_then(|s| s.completion_mode.as_deref()) == Some("Indexed")
 }
 
-fn spec(job: &Job) -> k8s_openapi::api::batch::v1::JobSpec {
-    job.spec.clone().unwrap_or_default()
-}
-
-fn conditions(job: &Job) -> &[JobCondition] {
-    job.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or(&[])
+/// The Job's spec, or the empty one (borrowed: some callers run per pod).
+fn spec(job: &Job) -> &k8s_openapi::api::batch::v1::JobSpec {
+    static EMPTY: std::sync::LazyLock<k8s_openapi::api::batch::v1::JobSpec> =
+        std::sync::LazyLock::new(Default::default);
+    job.spec.as_ref().unwrap_or(&EMPTY)
 }
 
 fn find_condition<'a>(list: &'a [JobCondition], type_: &str) -> Option<&'a JobCondition> {
     list.iter().find(|c| c.type_ == type_)
 }
 
-/// Upstream `util.IsJobFinished`: `Complete` or `Failed` is true.
-pub fn is_finished(job: &Job) -> bool {
-    conditions(job)
-        .iter()
-        .any(|c| (c.type_ == COMPLETE || c.type_ == FAILED) && c.status == "True")
-}
+pub use super::util::is_finished;
 
 /// Upstream `managedByExternalController`: the `spec.managedBy` of a Job another controller
 /// manages.
