@@ -29,6 +29,8 @@ fn seen_since(log: &Log, from: usize) -> Vec<Seen> {
         .unwrap_or_default()
 }
 
+/// The cached names of `ns`; when the namespace index disagrees with a scan of the whole cache,
+/// the result says so (and matches nothing a test expects).
 fn cached_names(informer: &Informer<ConfigMap>, ns: &str) -> Vec<String> {
     let mut names: Vec<String> = informer
         .store()
@@ -38,6 +40,15 @@ fn cached_names(informer: &Informer<ConfigMap>, ns: &str) -> Vec<String> {
         .filter_map(|cm| cm.metadata.name.clone())
         .collect();
     names.sort();
+    let mut indexed: Vec<String> = informer
+        .list_namespace(ns)
+        .iter()
+        .filter_map(|cm| cm.metadata.name.clone())
+        .collect();
+    indexed.sort();
+    if indexed != names {
+        return vec![format!("namespace index {indexed:?} != cache {names:?}")];
+    }
     names
 }
 

@@ -7,6 +7,9 @@
 //! (resourceVersion=0, like client-go's reflector), watch bookmarks, and a relist when the
 //! resourceVersion is too old (410). A relist is reconciled against the cache, so objects deleted
 //! while the watch was down are reported as deletions, as client-go's DeltaFIFO Replace does.
+//!
+//! Each cache keeps a namespace index (upstream `cache.NamespaceIndex`), so a controller lists
+//! one namespace's objects without scanning the cluster's.
 
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
@@ -44,8 +47,12 @@ impl<K> Watched for K where
 {
 }
 
+/// Names of the cached objects by namespace (`""` for cluster-scoped ones).
+type NamespaceIndex = HashMap<String, HashSet<String>>;
+
 struct Shared<K: Watched> {
     store: Store<K>,
+    by_namespace: RwLock<NamespaceIndex>,
     writer: Mutex<Option<reflector::store::Writer<K>>>,
     handlers: RwLock<Vec<Handler<K>>>,
 }
@@ -78,6 +85,63 @@ where
             r = r.within(ns);
         }
         self.shared.store.get(&r)
+    }
+
+    /// The cached objects of one namespace (upstream `Lister.<Kind>s(namespace).List`).
+    pub fn list_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        let names: Vec<String> = match self.shared.by_namespace.read() {
+            Ok(index) => index
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            Err(p) => p
+                .into_inner()
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        };
+        names
+            .iter()
+            .filter_map(|n| self.get(Some(namespace), n))
+            .collect()
+    }
+
+    fn index(&self, obj: &K, present: bool) {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let mut index = self
+            .shared
+            .by_namespace
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if present {
+            index.entry(ns).or_default().insert(name);
+        } else if let Some(names) = index.get_mut(&ns) {
+            names.remove(&name);
+            if names.is_empty() {
+                index.remove(&ns);
+            }
+        }
+    }
+
+    /// Rebuilds the index from the cache after a (re)list replaced it.
+    fn reindex(&self) {
+        let mut fresh = NamespaceIndex::new();
+        for o in self.shared.store.state() {
+            fresh
+                .entry(o.meta().namespace.clone().unwrap_or_default())
+                .or_default()
+                .insert(o.meta().name.clone().unwrap_or_default());
+        }
+        *self
+            .shared
+            .by_namespace
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
     }
 
     /// Registers a handler. Like client-go's AddEventHandler on a started informer, objects
@@ -135,13 +199,19 @@ where
             trim_managed_fields(&mut event);
             match &event {
                 Event::Apply(obj) => {
-                    let new = Arc::new(obj.clone());
-                    let old = self.shared.store.get(&ObjectRef::from_obj(obj));
+                    let key = ObjectRef::from_obj(obj);
+                    let old = self.shared.store.get(&key);
                     writer.apply_watcher_event(&event);
-                    self.notify_upsert(old, &new);
+                    self.index(obj, true);
+                    // Handlers get the cached Arc rather than another copy of the object.
+                    if let Some(new) = self.shared.store.get(&key) {
+                        self.notify_upsert(old, &new);
+                    }
                 }
                 Event::Delete(obj) => {
                     writer.apply_watcher_event(&event);
+                    self.index(obj, false);
+                    // The watch's final state, as upstream's delete handlers get it.
                     self.dispatch(Change::Deleted(&Arc::new(obj.clone())));
                 }
                 Event::Init => {
@@ -158,6 +228,7 @@ where
                 Event::InitDone => {
                     let before = self.shared.store.state();
                     writer.apply_watcher_event(&event);
+                    self.reindex();
                     if let Some((seen, applied)) = relist.take() {
                         let old: HashMap<ObjectRef<K>, Arc<K>> = before
                             .into_iter()
@@ -245,6 +316,7 @@ impl InformerFactory {
         let informer = Informer {
             shared: Arc::new(Shared {
                 store,
+                by_namespace: RwLock::new(HashMap::new()),
                 writer: Mutex::new(Some(writer)),
                 handlers: RwLock::new(Vec::new()),
             }),

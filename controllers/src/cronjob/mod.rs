@@ -198,7 +198,7 @@ impl Shared {
         let Some(cached) = self.cronjobs.get(Some(ns), name) else {
             return Ok(());
         };
-        let all: Vec<Arc<Job>> = self.jobs.store().state();
+        let all: Vec<Arc<Job>> = self.jobs.list_namespace(ns);
         let jobs = sync::owned_jobs(&cached, &all);
         let mut cj = (*cached).clone();
         let mut status = cj.status.take().unwrap_or_default();

@@ -322,10 +322,7 @@ impl Ctl {
         let mut adoption_checked = false;
         let mut first_error: Option<Error> = None;
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns.unwrap_or(""));
-        for rs in self.replica_sets.store().state() {
-            if rs.metadata.namespace.as_deref() != ns {
-                continue;
-            }
+        for rs in self.replica_sets.list_namespace(ns.unwrap_or_default()) {
             let matches = selector_matches(selector, rs.metadata.labels.as_ref())
                 .map_err(|e| Error::Selector(d_key.clone(), e))?;
             let rs_uid = rs.metadata.uid.clone().unwrap_or_default();
@@ -417,10 +414,9 @@ impl Ctl {
             .filter_map(|rs| rs.metadata.uid.clone())
             .map(|u| (u, Vec::new()))
             .collect();
-        for pod in self.pods.store().state() {
-            if pod.metadata.namespace != d.metadata.namespace
-                || !selector_matches(selector, pod.metadata.labels.as_ref()).unwrap_or(false)
-            {
+        let ns = d.metadata.namespace.as_deref().unwrap_or_default();
+        for pod in self.pods.list_namespace(ns) {
+            if !selector_matches(selector, pod.metadata.labels.as_ref()).unwrap_or(false) {
                 continue;
             }
             if let Some(r) = controller_of(&pod.metadata)

@@ -16,8 +16,7 @@ pub mod sync;
 pub mod tracking;
 pub mod util;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_runtime::events::EventRecorder;
@@ -100,9 +99,6 @@ struct Shared {
     backoff: backoff::BackoffStore,
     recorder: EventRecorder,
     metrics: metrics::JobMetrics,
-    /// Pod names per namespace (upstream's lister lists a namespace through the informer's
-    /// namespace index; without one, every sync would scan every pod of the cluster).
-    pods_by_namespace: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 /// What a sync did, for `job_sync_duration_seconds` / `job_syncs_total`: recorded only for syncs
@@ -133,7 +129,6 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         backoff: backoff::BackoffStore::default(),
         recorder: ctx.events.for_controller(NAME),
         metrics: ctx.registry.with(metrics::JobMetrics::register),
-        pods_by_namespace: Mutex::new(HashMap::new()),
     });
     let s = shared.clone();
     shared.jobs.add_handler(move |change| match change {
@@ -157,7 +152,6 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
     let s = shared.clone();
     shared.pods.add_handler(move |change| match change {
         Change::Added(pod) => {
-            s.index_pod(pod, true);
             s.record_finished_with_finalizer(None, Some(pod));
             s.add_pod(pod);
         }
@@ -166,7 +160,6 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
             s.update_pod(old, new);
         }
         Change::Deleted(pod) => {
-            s.index_pod(pod, false);
             s.record_finished_with_finalizer(Some(pod), None);
             s.delete_pod(pod, true);
         }
@@ -195,38 +188,6 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
 }
 
 impl Shared {
-    fn index_pod(&self, pod: &Pod, present: bool) {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let mut index = self
-            .pods_by_namespace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if present {
-            index.entry(ns).or_default().insert(name);
-        } else if let Some(names) = index.get_mut(&ns) {
-            names.remove(&name);
-            if names.is_empty() {
-                index.remove(&ns);
-            }
-        }
-    }
-
-    /// The cached pods of one namespace.
-    fn pods_in(&self, ns: &str) -> Vec<Arc<Pod>> {
-        let names: Vec<String> = self
-            .pods_by_namespace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(ns)
-            .map(|n| n.iter().cloned().collect())
-            .unwrap_or_default();
-        names
-            .iter()
-            .filter_map(|n| self.pods.get(Some(ns), n))
-            .collect()
-    }
-
     /// Upstream `recordFinishedPodWithTrackingFinalizer`.
     fn record_finished_with_finalizer(&self, old: Option<&Pod>, new: Option<&Pod>) {
         let counted = |p: Option<&Pod>| {
@@ -284,7 +245,7 @@ impl Shared {
         };
         let uid = job.metadata.uid.as_deref().unwrap_or("");
         let ns = job.metadata.namespace.as_deref().unwrap_or("");
-        for pod in self.pods_in(ns) {
+        for pod in self.pods.list_namespace(ns) {
             if selector.matches(pod.metadata.labels.as_ref())
                 && controller_of(&pod.metadata).is_some_and(|r| r.uid == uid)
                 && has_tracking_finalizer(&pod)
@@ -563,7 +524,7 @@ impl Shared {
             Selector::from_label_selector(job.spec.as_ref().and_then(|s| s.selector.as_ref()))?;
         let ns = job.metadata.namespace.as_deref().unwrap_or("");
         let uid = job.metadata.uid.as_deref().unwrap_or("");
-        let all = self.pods_in(ns);
+        let all = self.pods.list_namespace(ns);
         let owner = Owner {
             uid,
             namespace: ns,

@@ -277,13 +277,7 @@ impl Shared {
         };
         // Every pod of the namespace, including those that no longer match but still carry our
         // controllerRef (to release them).
-        let all_pods: Vec<Arc<Pod>> = self
-            .pods
-            .store()
-            .state()
-            .into_iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-            .collect();
+        let all_pods: Vec<Arc<Pod>> = self.pods.list_namespace(namespace);
         let active: Vec<Arc<Pod>> = all_pods
             .iter()
             .filter(|p| is_pod_active(p))
@@ -560,25 +554,17 @@ impl Shared {
     /// Upstream `getIndirectlyRelatedPods`: pods selected by any ReplicaSet with the same
     /// controller (e.g. every ReplicaSet of one Deployment), each pod once.
     fn indirectly_related_pods(&self, rs: &ReplicaSet) -> Vec<Arc<Pod>> {
-        let namespace = rs.metadata.namespace.as_deref();
+        let namespace = rs.metadata.namespace.as_deref().unwrap_or_default();
         let related: Vec<Arc<ReplicaSet>> = match controller_of(&rs.metadata) {
             None => vec![Arc::new(rs.clone())],
             Some(owner) => self
                 .rss
-                .store()
-                .state()
+                .list_namespace(namespace)
                 .into_iter()
-                .filter(|other| other.metadata.namespace.as_deref() == namespace)
                 .filter(|other| controller_of(&other.metadata).is_some_and(|r| r.uid == owner.uid))
                 .collect(),
         };
-        let pods: Vec<Arc<Pod>> = self
-            .pods
-            .store()
-            .state()
-            .into_iter()
-            .filter(|p| p.metadata.namespace.as_deref() == namespace)
-            .collect();
+        let pods: Vec<Arc<Pod>> = self.pods.list_namespace(namespace);
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for other in related {
