@@ -223,3 +223,41 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// The node pod `name` is bound to, waiting up to `timeout` for the binding.
+pub async fn bound_node(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    timeout: Duration,
+) -> Result<String> {
+    eventually(
+        &format!("pod {name} to be bound"),
+        timeout,
+        Duration::from_millis(250),
+        || async {
+            let p = pods.get(name).await.ok()?;
+            p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
+        },
+    )
+    .await
+}
+
+/// The events with `reason` about the object called `name` in namespace `ns`, in list order
+/// (empty when the list fails, for callers that poll).
+pub async fn events_about(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&kube::api::ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some(reason)
+        })
+        .collect()
+}

@@ -70,41 +70,26 @@ impl Test {
     }
 
     async fn node_of(&self, name: &str) -> Result<String> {
-        let pods = self.pods.clone();
-        eventually(&format!("pod {name} to be bound"), TIMEOUT, POLL, || {
-            let pods = pods.clone();
-            async move {
-                let p = pods.get(name).await.ok()?;
-                p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
-            }
-        })
-        .await
+        testing::bound_node(&self.pods, name, TIMEOUT).await
     }
 
     /// The message of the first FailedScheduling event about `name`.
     async fn failed_scheduling(&self, name: &str) -> Result<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         eventually(
             &format!("FailedScheduling for {name}"),
             TIMEOUT,
             POLL,
-            || {
-                let events = events.clone();
-                async move {
-                    let list = events.list(&ListParams::default()).await.ok()?;
-                    list.items
-                        .into_iter()
-                        .find(|e| {
-                            e.involved_object.name.as_deref() == Some(name)
-                                && e.reason.as_deref() == Some("FailedScheduling")
-                        })
-                        .map(|e| {
-                            (
-                                e.message.unwrap_or_default(),
-                                e.source.and_then(|s| s.component).unwrap_or_default(),
-                            )
-                        })
-                }
+            || async {
+                testing::events_about(&self.client, &self.ns, name, "FailedScheduling")
+                    .await
+                    .into_iter()
+                    .next()
+                    .map(|e| {
+                        (
+                            e.message.unwrap_or_default(),
+                            e.source.and_then(|s| s.component).unwrap_or_default(),
+                        )
+                    })
             },
         )
         .await

@@ -135,16 +135,9 @@ impl Test {
     }
 
     async fn node_of(&self, name: &str) -> Result<String> {
-        let pods = self.pods.clone();
-        eventually(&format!("pod {name} to be bound"), TIMEOUT, POLL, || {
-            let pods = pods.clone();
-            async move {
-                let p = pods.get(name).await.ok()?;
-                p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
-            }
-        })
-        .await
-        .with_context(|| self.bed.log_tail(PROC))
+        testing::bound_node(&self.pods, name, TIMEOUT)
+            .await
+            .with_context(|| self.bed.log_tail(PROC))
     }
 
     async fn events_for(&self, pod: &str) -> Result<Vec<Event>> {

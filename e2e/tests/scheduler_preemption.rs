@@ -115,35 +115,20 @@ impl Test {
     }
 
     async fn bound_to(&self, name: &str) -> Result<String> {
-        let pods = self.pods.clone();
-        eventually(&format!("pod {name} to be bound"), TIMEOUT, POLL, || {
-            let pods = pods.clone();
-            async move {
-                let p = pods.get(name).await.ok()?;
-                p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
-            }
-        })
-        .await
+        testing::bound_node(&self.pods, name, TIMEOUT).await
     }
 
     async fn failed_scheduling(&self, name: &str) -> Result<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         eventually(
             &format!("FailedScheduling for {name}"),
             TIMEOUT,
             POLL,
-            || {
-                let events = events.clone();
-                async move {
-                    let list = events.list(&ListParams::default()).await.ok()?;
-                    list.items
-                        .into_iter()
-                        .find(|e| {
-                            e.involved_object.name.as_deref() == Some(name)
-                                && e.reason.as_deref() == Some("FailedScheduling")
-                        })
-                        .and_then(|e| e.message)
-                }
+            || async {
+                testing::events_about(&self.client, &self.ns, name, "FailedScheduling")
+                    .await
+                    .into_iter()
+                    .next()
+                    .and_then(|e| e.message)
             },
         )
         .await

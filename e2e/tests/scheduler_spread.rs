@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, ensure};
 use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
@@ -108,39 +108,25 @@ impl Test {
     }
 
     async fn node_of(&self, name: &str) -> Result<String> {
-        let pods = self.pods.clone();
-        eventually(&format!("pod {name} to be bound"), TIMEOUT, POLL, || {
-            let pods = pods.clone();
-            async move {
-                let p = pods.get(name).await.ok()?;
-                p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
-            }
-        })
-        .await
+        testing::bound_node(&self.pods, name, TIMEOUT).await
     }
 
     /// The message of the newest FailedScheduling event about `name`.
     async fn failed_scheduling(&self, name: &str) -> Result<String> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         eventually(
             &format!("FailedScheduling for {name}"),
             TIMEOUT,
             POLL,
-            || {
-                let events = events.clone();
-                async move {
-                    let list = events.list(&ListParams::default()).await.ok()?;
-                    list.items
-                        .into_iter()
-                        .filter(|e| {
-                            e.involved_object.name.as_deref() == Some(name)
-                                && e.reason.as_deref() == Some("FailedScheduling")
-                                && e.source.as_ref().and_then(|s| s.component.as_deref())
-                                    == Some("default-scheduler")
-                        })
-                        .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
-                        .and_then(|e| e.message)
-                }
+            || async {
+                testing::events_about(&self.client, &self.ns, name, "FailedScheduling")
+                    .await
+                    .into_iter()
+                    .filter(|e| {
+                        e.source.as_ref().and_then(|s| s.component.as_deref())
+                            == Some("default-scheduler")
+                    })
+                    .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+                    .and_then(|e| e.message)
             },
         )
         .await

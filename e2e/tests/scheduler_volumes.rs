@@ -158,15 +158,7 @@ impl Test {
     }
 
     async fn bound_to(&self, name: &str) -> Result<String> {
-        let pods = self.pods.clone();
-        let r = eventually(&format!("pod {name} to be bound"), TIMEOUT, POLL, || {
-            let pods = pods.clone();
-            async move {
-                let p = pods.get(name).await.ok()?;
-                p.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty())
-            }
-        })
-        .await;
+        let r = testing::bound_node(&self.pods, name, TIMEOUT).await;
         if r.is_err() {
             // Say why: the pod's PodScheduled condition.
             let p = self.pods.get(name).await?;
