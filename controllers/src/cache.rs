@@ -16,7 +16,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerState, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A pod, as the controller manager caches it.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -35,9 +35,13 @@ pub struct Pod {
 pub struct PodSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub containers: Vec<Container>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "exact_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub init_containers: Option<Vec<Container>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
@@ -57,11 +61,23 @@ pub struct Container {
 pub struct PodStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "exact_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub conditions: Option<Vec<PodCondition>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "exact_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub container_statuses: Option<Vec<ContainerStatus>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "exact_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub init_container_statuses: Option<Vec<ContainerStatus>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -81,10 +97,44 @@ pub struct ContainerStatus {
     pub restart_count: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<ContainerState>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_state: Option<ContainerState>,
+    /// Boxed, and absent when the API sends an empty state (`lastState: {}` before a restart):
+    /// a `ContainerState` is 200 bytes inline, mostly empty.
+    #[serde(
+        default,
+        deserialize_with = "state",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state: Option<Box<ContainerState>>,
+    #[serde(
+        default,
+        deserialize_with = "state",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_state: Option<Box<ContainerState>>,
+}
+
+/// A JSON array decodes into a `Vec` that grew in steps (room for at least four elements), so a
+/// pod's single container status would hold room for four; cached lists keep only their length.
+fn exact<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let mut v = Vec::<T>::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
+}
+
+fn exact_opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    let mut v = Option::<Vec<T>>::deserialize(d)?;
+    if let Some(v) = v.as_mut() {
+        v.shrink_to_fit();
+    }
+    Ok(v)
+}
+
+fn state<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<ContainerState>>, D::Error> {
+    Ok(Option::<ContainerState>::deserialize(d)?
+        .filter(|s| s.running.is_some() || s.terminated.is_some() || s.waiting.is_some())
+        .map(Box::new))
 }
 
 impl k8s_openapi::Resource for Pod {

@@ -267,9 +267,19 @@ where
 /// kube-controller-manager do with their informers' transform (TrimManagedFields): no controller
 /// reads them, and on busy objects they are a large share of the cached bytes. A later PUT of a
 /// cached object without managedFields leaves the server's managedFields as they are.
+///
+/// The metadata lists also drop the spare room a decoded `Vec` grows with (a single owner
+/// reference would otherwise keep room for four), since every cached object carries them.
 fn trim_managed_fields<K: Resource>(event: &mut Event<K>) {
     if let Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) = event {
-        obj.meta_mut().managed_fields = None;
+        let meta = obj.meta_mut();
+        meta.managed_fields = None;
+        if let Some(refs) = meta.owner_references.as_mut() {
+            refs.shrink_to_fit();
+        }
+        if let Some(finalizers) = meta.finalizers.as_mut() {
+            finalizers.shrink_to_fit();
+        }
     }
 }
 

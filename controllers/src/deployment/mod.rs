@@ -408,8 +408,8 @@ impl Ctl {
         d: &Deployment,
         selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
         rs_list: &[ReplicaSet],
-    ) -> BTreeMap<String, Vec<Pod>> {
-        let mut map: BTreeMap<String, Vec<Pod>> = rs_list
+    ) -> BTreeMap<String, Vec<Arc<Pod>>> {
+        let mut map: BTreeMap<String, Vec<Arc<Pod>>> = rs_list
             .iter()
             .filter_map(|rs| rs.metadata.uid.clone())
             .map(|u| (u, Vec::new()))
@@ -422,7 +422,7 @@ impl Ctl {
             if let Some(r) = controller_of(&pod.metadata)
                 && let Some(v) = map.get_mut(&r.uid)
             {
-                v.push((*pod).clone());
+                v.push(pod);
             }
         }
         map
@@ -643,7 +643,7 @@ impl Ctl {
         &self,
         d: &mut Deployment,
         rs_list: &[ReplicaSet],
-        pod_map: &BTreeMap<String, Vec<Pod>>,
+        pod_map: &BTreeMap<String, Vec<Arc<Pod>>>,
     ) -> Result<(), Error> {
         let (mut new_rs, mut old) = self.all_replica_sets(d, rs_list, false).await?;
         let mut all: Vec<ReplicaSet> = old.iter().cloned().chain(new_rs.clone()).collect();

@@ -2,6 +2,7 @@
 //! `pkg/controller/deployment/recreate.go`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::cache::Pod;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -24,7 +25,7 @@ pub fn scale_down_old(old_active: &[ReplicaSet]) -> Vec<ScaleTo> {
 pub fn old_pods_running(
     new_rs: Option<&ReplicaSet>,
     old: &[ReplicaSet],
-    pods_by_rs: &BTreeMap<String, Vec<Pod>>,
+    pods_by_rs: &BTreeMap<String, Vec<Arc<Pod>>>,
 ) -> bool {
     if actual_replica_count(old) > 0 {
         return true;
@@ -47,14 +48,14 @@ mod tests {
     use super::*;
     use crate::cache::PodStatus;
 
-    fn pod(phase: &str) -> Pod {
-        Pod {
+    fn pod(phase: &str) -> Arc<Pod> {
+        Arc::new(Pod {
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        })
     }
 
     #[test]

@@ -192,13 +192,13 @@ mod tests {
             status: Some(PodStatus {
                 container_statuses: Some(vec![ContainerStatus {
                     name: "c".into(),
-                    state: Some(ContainerState {
+                    state: Some(Box::new(ContainerState {
                         terminated: Some(ContainerStateTerminated {
                             finished_at: Some(Time(at(s))),
                             ..ContainerStateTerminated::default()
                         }),
                         ..ContainerState::default()
-                    }),
+                    })),
                     ..ContainerStatus::default()
                 }]),
                 ..PodStatus::default()

@@ -178,13 +178,13 @@ mod tests {
     fn terminated(name: &str, code: i32) -> ContainerStatus {
         ContainerStatus {
             name: name.into(),
-            state: Some(ContainerState {
+            state: Some(Box::new(ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: code,
                     ..ContainerStateTerminated::default()
                 }),
                 ..ContainerState::default()
-            }),
+            })),
             ..ContainerStatus::default()
         }
     }

@@ -125,14 +125,14 @@ impl P {
     fn exit(mut self, code: i32, at: Timestamp) -> P {
         self.0.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
             name: "main".into(),
-            state: Some(ContainerState {
+            state: Some(Box::new(ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: code,
                     finished_at: Some(Time(at)),
                     ..ContainerStateTerminated::default()
                 }),
                 ..ContainerState::default()
-            }),
+            })),
             ..ContainerStatus::default()
         }]);
         self
