@@ -289,6 +289,12 @@ fn find_chart() -> Option<PathBuf> {
 fn bootstrap(cmd: BootstrapCommand) -> i32 {
     use ferrite_bootstrap::node;
     use std::time::Duration;
+    // Bootstrap polls an apiserver that is still starting: the client's own error logs of each
+    // refused attempt are noise (the wait reports the last reason when it gives up).
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("RUST_LOG", "info,kube_client=off") };
+    }
     component::init_logging(2);
     let fail = |e: anyhow::Error| {
         eprintln!("ferrite bootstrap: {e:#}");
