@@ -448,20 +448,16 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
     })
 }
 
-/// The static pods' mirror pods are Running (the kubelet posts them once their priority
-/// class exists).
+/// The static pods' mirror pods are Running and Ready (the kubelet posts them once their
+/// priority class exists).
 async fn wait_mirror_pods(client: &kube::Client, node: &str, timeout: Duration) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), pivot::NAMESPACE);
     for name in ["etcd", "kube-apiserver"] {
         let pod = format!("{name}-{node}");
         pivot::wait_for(&format!("the mirror pod {pod}"), timeout, || async {
             match pods.get_opt(&pod).await {
-                Ok(Some(p))
-                    if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") =>
-                {
-                    Ok(())
-                }
-                Ok(_) => Err("not Running yet".into()),
+                Ok(Some(p)) if pivot::pod_ready(&p) => Ok(()),
+                Ok(_) => Err("not Running and Ready yet".into()),
                 Err(e) => Err(e.to_string()),
             }
         })

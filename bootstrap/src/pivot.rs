@@ -200,7 +200,7 @@ pub fn deployment_rolled_out(d: &Deployment) -> bool {
         && status.replicas.unwrap_or(0) == want
 }
 
-fn pod_ready(p: &Pod) -> bool {
+pub fn pod_ready(p: &Pod) -> bool {
     let Some(status) = p.status.as_ref() else {
         return false;
     };
