@@ -125,6 +125,18 @@ pub fn build(spec: &ImageSpec, cache: &Path) -> Result<PathBuf> {
     let result = build_in(spec, &work, &archive);
     let _ = std::fs::remove_dir_all(&work);
     result.with_context(|| format!("building image {}", spec.reference()))?;
+    // Each rebuilt binary makes a new archive of ~its size: keep only the newest of each image.
+    if let Ok(entries) = std::fs::read_dir(cache) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let stale = file
+                .strip_prefix(&format!("{name}-"))
+                .is_some_and(|rest| rest.len() == 16 + 4 && rest.ends_with(".tar"));
+            if stale && e.path() != archive {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     Ok(archive)
 }
 
