@@ -57,8 +57,10 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     tracing::info!(?missing, "installing Debian packages");
-    run("apt-get", &["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    // Another apt run (unattended upgrades, a parallel install) holds the lock for a while.
+    let lock = "DPkg::Lock::Timeout=300";
+    run("apt-get", &["-o", lock, "update", "-q"])?;
+    let mut args = vec!["-o", lock, "install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     let out = Command::new("apt-get")
         .args(&args)
@@ -155,9 +157,9 @@ impl Daemon {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.name))?;
+        // Not waited for: it outlives this command (init reaps it in the end).
         let pid = child.id() as i32;
-        // The child is reaped by init once this command exits; until then a zombie is harmless.
-        std::mem::forget(child);
+        drop(child);
         std::fs::write(&self.pidfile, pid.to_string())?;
         Ok(pid)
     }
@@ -361,20 +363,55 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
-/// The iptables rules and chains the kubelet (KUBE-*) and the CNI plugins (CNI-*) add.
-pub fn remove_iptables_chains() {
-    for tool in ["iptables", "ip6tables"] {
-        for table in ["filter", "nat", "mangle"] {
+const IPTABLES: [&str; 2] = ["iptables", "ip6tables"];
+const TABLES: [&str; 3] = ["filter", "nat", "mangle"];
+
+fn node_chain(name: &str) -> bool {
+    name.starts_with("KUBE-") || name.starts_with("CNI-")
+}
+
+/// The kubelet's (KUBE-*) and the CNI plugins' (CNI-*) iptables chains that exist now, as
+/// `tool/table/chain`.
+pub fn iptables_node_chains() -> Vec<String> {
+    let mut found = Vec::new();
+    for tool in IPTABLES {
+        for table in TABLES {
+            let rules = run(tool, &["-w", "-t", table, "-S"]).unwrap_or_default();
+            found.extend(
+                rules
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("-N "))
+                    .filter(|c| node_chain(c))
+                    .map(|c| format!("{tool}/{table}/{c}")),
+            );
+        }
+    }
+    found
+}
+
+/// Whether a rule (from `iptables -S`, without `-A`) belongs to the node: it sits in, or jumps
+/// to, a KUBE-/CNI- chain that is not in `keep` (chains that existed before the node).
+pub fn rule_is_the_nodes(args: &[String], tool: &str, table: &str, keep: &[String]) -> bool {
+    args.iter()
+        .filter(|w| node_chain(w))
+        .any(|w| !keep.contains(&format!("{tool}/{table}/{w}")))
+}
+
+/// Removes the rules and chains the kubelet and the CNI plugins added, leaving the chains in
+/// `keep` (and their rules) alone.
+pub fn remove_iptables_chains(keep: &[String]) {
+    for tool in IPTABLES {
+        for table in TABLES {
             let Ok(rules) = run(tool, &["-w", "-t", table, "-S"]) else {
                 continue;
             };
-            for rule in rules.lines().filter(|r| r.starts_with("-A ")) {
-                if !(rule.contains("KUBE-") || rule.contains("CNI-")) {
-                    continue;
-                }
-                let Some(args) = shell_words(&rule[3..]) else {
+            for rule in rules.lines().filter_map(|r| r.strip_prefix("-A ")) {
+                let Some(args) = shell_words(rule) else {
                     continue;
                 };
+                if !rule_is_the_nodes(&args, tool, table, keep) {
+                    continue;
+                }
                 let mut del = vec!["-w", "-t", table, "-D"];
                 del.extend(args.iter().map(String::as_str));
                 let _ = run(tool, &del);
@@ -383,7 +420,7 @@ pub fn remove_iptables_chains() {
             for chain in chains
                 .lines()
                 .filter_map(|l| l.strip_prefix("-N "))
-                .filter(|c| c.starts_with("KUBE-") || c.starts_with("CNI-"))
+                .filter(|c| node_chain(c) && !keep.contains(&format!("{tool}/{table}/{c}")))
             {
                 let _ = run(tool, &["-w", "-t", table, "-F", chain]);
                 let _ = run(tool, &["-w", "-t", table, "-X", chain]);
@@ -470,6 +507,37 @@ mod tests {
                 PathBuf::from("/node/containerd/state/x"),
             ]
         );
+    }
+
+    #[test]
+    fn only_rules_in_or_into_chains_the_node_added_are_the_nodes() {
+        let keep = vec!["iptables/nat/KUBE-MARK-MASQ".to_string()];
+        let words = |s: &str| shell_words(s).expect("words");
+        assert!(rule_is_the_nodes(
+            &words("POSTROUTING -s 10.244.0.5/32 -j CNI-abc"),
+            "iptables",
+            "nat",
+            &keep
+        ));
+        assert!(!rule_is_the_nodes(
+            &words("KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"),
+            "iptables",
+            "nat",
+            &keep
+        ));
+        assert!(!rule_is_the_nodes(
+            &words("POSTROUTING -o eth0 -j MASQUERADE"),
+            "iptables",
+            "nat",
+            &keep
+        ));
+        // The same chain name in another table was not there before.
+        assert!(rule_is_the_nodes(
+            &words("KUBE-MARK-MASQ -j RETURN"),
+            "iptables",
+            "filter",
+            &keep
+        ));
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct NodeState {
     pub host_paths_created: Vec<PathBuf>,
     /// Whether a `kubepods` cgroup existed before `up` (then `down` leaves it alone).
     pub kubepods_before: bool,
+    /// KUBE-/CNI- iptables chains that existed before `up` (`down` leaves them alone).
+    #[serde(default)]
+    pub iptables_chains_before: Vec<String>,
 }
 
 /// Host paths the node's components create outside its directory (hard-coded in the kubelet,
@@ -241,6 +244,7 @@ pub async fn up(opts: &UpOptions) -> Result<UpReport> {
             .filter(|p| !p.exists())
             .collect();
         state.kubepods_before = !host::top_level_cgroups("kubepods").is_empty();
+        state.iptables_chains_before = host::iptables_node_chains();
     }
     state.chart = chart.clone();
     state.ferrite = ferrite.clone();
@@ -504,11 +508,19 @@ pub async fn recover(dir: &Path, timeout: Duration) -> Result<pivot::PivotReport
 pub async fn down(dir: &Path) -> Result<()> {
     require_root()?;
     let dir = absolute(dir)?;
-    let state = load_state(&dir).unwrap_or_else(|| NodeState {
-        bridge: "ferrite0".into(),
-        host_paths_created: HOST_PATHS.iter().map(PathBuf::from).collect(),
-        ..Default::default()
-    });
+    // `up` records the state before it starts anything: without it there is no node here, at
+    // most a directory, and nothing outside the directory is touched.
+    let Some(state) = load_state(&dir) else {
+        for d in daemons(&dir) {
+            d.stop(Duration::from_secs(10));
+        }
+        host::unmount_under(&dir);
+        if dir.join("pki").exists() || dir.join("containerd").exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        forget_registration(&dir);
+        return Ok(());
+    };
     let paths = NodePaths::new(&dir);
     let conf = |f: &str| format!("--kubeconfig={}", dir.join(f).display());
     for needle in [conf("controller-manager.conf"), conf("scheduler.conf")] {
@@ -533,7 +545,7 @@ pub async fn down(dir: &Path) -> Result<()> {
     if !state.bridge.is_empty() {
         let _ = host::run("ip", &["link", "del", &state.bridge]);
     }
-    host::remove_iptables_chains();
+    host::remove_iptables_chains(&state.iptables_chains_before);
     if let Some(v) = &state.ip_forward_before {
         host::write_ip_forward(v);
     }
@@ -552,11 +564,15 @@ pub async fn down(dir: &Path) -> Result<()> {
         }
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    if registered_dir().as_deref() == Some(dir.as_path()) {
+    forget_registration(&dir);
+    Ok(())
+}
+
+fn forget_registration(dir: &Path) {
+    if registered_dir().as_deref() == Some(dir) {
         let _ = std::fs::remove_file(REGISTRY);
         let _ = std::fs::remove_dir("/run/ferrite");
     }
-    Ok(())
 }
 
 fn socket(ip: IpAddr, port: u16) -> String {
