@@ -609,6 +609,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_and_kubeconfigs_are_written_0600_and_the_rest_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ferrite-node-test-{}", std::process::id()));
+        let id = ClusterIdentity {
+            cluster_name: "kubernetes".into(),
+            node_name: "node-a".into(),
+            node_ip: "192.0.2.10".parse().expect("ip"),
+            service_vip: "10.96.0.1".parse().expect("ip"),
+            dns_domain: "cluster.local".into(),
+            apiserver_url: "https://192.0.2.10:6443".into(),
+        };
+        for f in certs::generate(&id).expect("generate") {
+            write_file(&dir.join(&f.path), &f.contents, f.private).expect("write");
+        }
+        let mode = |rel: &str| {
+            std::fs::metadata(dir.join(rel))
+                .expect("written")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("pki/ca.key"), 0o600);
+        assert_eq!(mode("pki/etcd/peer.key"), 0o600);
+        assert_eq!(mode("pki/sa.key"), 0o600);
+        assert_eq!(mode("admin.conf"), 0o600);
+        assert_eq!(mode("pki/ca.crt"), 0o644);
+        assert_eq!(mode("pki/sa.pub"), 0o644);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn service_addresses_come_from_the_service_cidr() {
         assert_eq!(
             first_address("10.96.0.0/12").expect("vip").to_string(),
