@@ -2,6 +2,8 @@
 //!
 //!   ferrite controller-manager [flags]   kube-controller-manager's replacement
 //!   ferrite scheduler [flags]            kube-scheduler's replacement
+//!   ferrite bootstrap up|recover|down    a local self-hosted node (etcd and kube-apiserver as
+//!                                        static pods, Ferrite as its own Deployments)
 
 use std::path::PathBuf;
 
@@ -27,6 +29,68 @@ enum Command {
     ControllerManager(ControllerManagerArgs),
     /// Run the scheduler (replaces kube-scheduler).
     Scheduler(SchedulerArgs),
+    /// Bring up, recover or remove a self-hosted control plane on this machine.
+    #[command(subcommand)]
+    Bootstrap(BootstrapCommand),
+}
+
+#[derive(Subcommand)]
+enum BootstrapCommand {
+    /// Bring a local node up (containerd, runc, CNI, the kubelet; etcd and kube-apiserver as
+    /// static pods) and pivot Ferrite into its own Deployments. Idempotent.
+    Up(UpArgs),
+    /// Restore Ferrite's Deployments when no replica is left, with a temporary control plane.
+    Recover(RecoverArgs),
+    /// Stop the node and remove all of its state from the host.
+    Down(DirArgs),
+}
+
+#[derive(Args)]
+struct DirArgs {
+    /// The node's state directory (PKI, kubeconfigs, manifests, containerd, kubelet, etcd).
+    #[arg(long, default_value = "/var/lib/ferrite")]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct RecoverArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// How long to wait for each stage, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// The node's name (default: the host name, lower-cased).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's address and the apiserver's advertise address (default: the source address
+    /// of the default route).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// This node's pod subnet (the CNI bridge's addresses).
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pod_subnet: String,
+    /// The service CIDR (--service-cluster-ip-range).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// The Linux bridge of the pod network.
+    #[arg(long, default_value = "ferrite0")]
+    bridge: String,
+    /// The Ferrite Helm chart (default: charts/ferrite of the checkout this binary or the
+    /// current directory is in).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Where built image archives are cached (default: images/ under the stock cache).
+    #[arg(long)]
+    image_cache: Option<PathBuf>,
+    /// How long to wait for each stage, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Args)]
@@ -139,6 +203,7 @@ fn main() {
     let code = match cli.command {
         Command::ControllerManager(args) => controller_manager(args),
         Command::Scheduler(args) => scheduler(args),
+        Command::Bootstrap(cmd) => bootstrap(cmd),
     };
     std::process::exit(code);
 }
@@ -202,6 +267,98 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
         args.common,
         move |ctx| ferrite_controllers::manager::run(ctx, enabled, options),
     ))
+}
+
+/// `charts/ferrite` in the first ancestor of the current directory or of this binary that has
+/// one (a checkout's `target/debug/ferrite` finds its own chart).
+fn find_chart() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    [cwd, exe]
+        .into_iter()
+        .flatten()
+        .flat_map(|start| {
+            start
+                .ancestors()
+                .map(|d| d.join("charts").join("ferrite"))
+                .collect::<Vec<_>>()
+        })
+        .find(|c| c.join("Chart.yaml").is_file())
+}
+
+fn bootstrap(cmd: BootstrapCommand) -> i32 {
+    use ferrite_bootstrap::node;
+    use std::time::Duration;
+    // Bootstrap polls an apiserver that is still starting: the client's own error logs of each
+    // refused attempt are noise (the wait reports the last reason when it gives up).
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("RUST_LOG", "info,kube_client=off") };
+    }
+    component::init_logging(2);
+    let fail = |e: anyhow::Error| {
+        eprintln!("ferrite bootstrap: {e:#}");
+        1
+    };
+    match cmd {
+        BootstrapCommand::Up(args) => {
+            let Some(chart) = args.chart.or_else(find_chart) else {
+                eprintln!("ferrite bootstrap up: --chart: no charts/ferrite found; pass --chart");
+                return EXIT_USAGE;
+            };
+            let ferrite = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("ferrite bootstrap up: cannot find this binary: {e}");
+                    return 1;
+                }
+            };
+            let opts = node::UpOptions {
+                dir: args.dir.dir.clone(),
+                node_name: args.node_name,
+                node_ip: args.node_ip,
+                pod_subnet: args.pod_subnet,
+                service_cidr: args.service_cidr,
+                bridge: args.bridge,
+                chart,
+                ferrite,
+                image_cache: args
+                    .image_cache
+                    .unwrap_or_else(|| ferrite_bootstrap::stock::cache_root().join("images")),
+                timeout: Duration::from_secs(args.timeout),
+            };
+            match runtime().block_on(node::up(&opts)) {
+                Ok(report) => {
+                    println!("export KUBECONFIG={}", report.kubeconfig.display());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BootstrapCommand::Recover(args) => {
+            match runtime().block_on(node::recover(
+                &args.dir.dir,
+                Duration::from_secs(args.timeout),
+            )) {
+                Ok(report) => {
+                    for (component, st) in report.statuses {
+                        println!(
+                            "ferrite-{component}: {}/{} ready, leader {}",
+                            st.ready,
+                            st.desired,
+                            st.leader_pod.unwrap_or_default()
+                        );
+                    }
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        BootstrapCommand::Down(args) => match runtime().block_on(node::down(&args.dir)) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        },
+    }
 }
 
 fn scheduler(mut args: SchedulerArgs) -> i32 {

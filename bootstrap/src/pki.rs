@@ -21,7 +21,7 @@ pub struct CertPair {
 }
 
 /// Who a leaf certificate is for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CertSpec {
     pub common_name: String,
     /// Kubernetes groups (subject O).

@@ -5,6 +5,7 @@
 
 pub mod bed;
 pub mod bench;
+pub mod local_node;
 pub mod measure;
 pub mod process;
 pub mod stock;

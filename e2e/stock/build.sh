@@ -2,7 +2,8 @@
 # Builds the pinned stock components from the Go module proxy into a cache outside the repository:
 #   ${FERRITE_CACHE:-~/.cache/ferrite}/<component>-<version>/bin/
 # Idempotent: a binary that is present and reports the pinned version is not rebuilt.
-# Usage: e2e/stock/build.sh [kubernetes|etcd|kwok|helm|containerd ...]   (default: all but containerd)
+# Usage: e2e/stock/build.sh [kubernetes|etcd|kwok|helm|containerd|pause ...]
+#        (default: kubernetes etcd kwok helm; `node` = containerd pause, for a real local node)
 #        e2e/stock/build.sh --print-bin kubectl                             (path only)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -96,8 +97,37 @@ build_kwok() {
   chmod 0644 "$st"/*.yaml
 }
 build_helm() { LDX="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" go_tool helm "$HELM_VERSION" helm.sh/helm/v4 helm.sh/helm/v4/cmd/helm helm version --short; }
+# containerd with its client (ctr, for image import) and the runc shim the CRI plugin starts; one
+# wrapper module, all three stamped with the pinned version (unstamped they report "+unknown").
 build_containerd() {
-  go_tool containerd "$CONTAINERD_VERSION" github.com/containerd/containerd/v2 github.com/containerd/containerd/v2/cmd/containerd containerd --version
+  local v=$CONTAINERD_VERSION mod=github.com/containerd/containerd/v2 bins=(containerd ctr containerd-shim-runc-v2)
+  local dir=$cache/containerd-$v
+  if all_present "$dir/bin" "${bins[@]}" && reports "${v#v}" "$dir/bin/containerd" --version \
+    && reports "${v#v}" "$dir/bin/ctr" --version; then log "containerd $v cached"; return; fi
+  log "building containerd $v (containerd, ctr, containerd-shim-runc-v2)"
+  local w=$cache/src/containerd-$v
+  wrapper "$w" containerd
+  (
+    cd "$w"
+    go mod edit -require="$mod@$v"
+    local pkgs=(); for b in "${bins[@]}"; do pkgs+=("$mod/cmd/$b@$v"); done
+    quiet go get "${pkgs[@]}"
+    mkdir -p "$dir/bin"
+    for b in "${bins[@]}"; do
+      log "  go build $b"
+      go build -ldflags "-s -w -X $mod/version.Version=$v" -o "$dir/bin/$b" "$mod/cmd/$b"
+    done
+  )
+  reports "${v#v}" "$dir/bin/containerd" --version || { log "containerd does not report $v"; exit 1; }
+}
+
+# The pod sandbox ("pause") binary from the project's own source (bootstrap/pause), static, for the
+# local node's sandbox image. Rebuilt every time: go's build cache makes an unchanged one instant.
+build_pause() {
+  local src; src=$(cd "$here/../../bootstrap/pause" && pwd)
+  mkdir -p "$cache/pause/bin"
+  (cd "$src" && go build -ldflags "-s -w" -o "$cache/pause/bin/pause" .)
+  log "pause built"
 }
 
 # --print-bin NAME: where a stock binary lives (nothing is built).
@@ -106,13 +136,15 @@ if [ "${1:-}" = --print-bin ]; then
     etcd) echo "$cache/etcd-$ETCD_VERSION/bin/etcd" ;;
     kwok) echo "$cache/kwok-$KWOK_VERSION/bin/kwok" ;;
     helm) echo "$cache/helm-$HELM_VERSION/bin/helm" ;;
-    containerd) echo "$cache/containerd-$CONTAINERD_VERSION/bin/containerd" ;;
+    containerd|ctr|containerd-shim-runc-v2) echo "$cache/containerd-$CONTAINERD_VERSION/bin/$2" ;;
+    pause) echo "$cache/pause/bin/pause" ;;
     *) echo "$cache/kubernetes-$KUBERNETES_VERSION/bin/$2" ;;
   esac
   exit 0
 fi
 
 what=("$@"); [ ${#what[@]} -gt 0 ] || what=(kubernetes etcd kwok helm)
+build_node() { build_containerd; build_pause; }
 start=$(date +%s)
 for c in "${what[@]}"; do "build_$c"; done
 log "done in $(( $(date +%s) - start ))s; cache $(du -sh "$cache" 2>/dev/null | cut -f1)"

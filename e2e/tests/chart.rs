@@ -395,12 +395,55 @@ fn values_set_the_optional_flags_and_a_root_ca_from_a_config_map() -> Result<()>
     Ok(())
 }
 
+/// A cluster without kube-proxy (the self-hosted local node) points the pods at the apiserver
+/// itself; by default the kubelet's in-cluster address is left alone.
+#[test]
+fn the_apiserver_address_replaces_the_in_cluster_service_only_when_set() -> Result<()> {
+    let env_of = |docs: &[Value], sa: &str| -> Result<Value> {
+        Ok(
+            named(docs, "Deployment", sa)?["spec"]["template"]["spec"]["containers"][0]["env"]
+                .clone(),
+        )
+    };
+    let default = documents(&rendered()?)?;
+    for sa in [CONTROLLER_MANAGER_SA, SCHEDULER_SA] {
+        ensure!(env_of(&default, sa)?.is_null(), "{sa} has env by default");
+    }
+    let out = template(&[
+        "--set",
+        "apiServer.host=192.0.2.10",
+        "--set",
+        "apiServer.port=6443",
+        "--set",
+        "hostNetwork=false",
+    ])?;
+    ensure!(out.ok, "helm template failed:\n{}", out.stderr);
+    let docs = documents(&out.stdout)?;
+    for sa in [CONTROLLER_MANAGER_SA, SCHEDULER_SA] {
+        ensure!(
+            env_of(&docs, sa)?
+                == json!([
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": "192.0.2.10"},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+                ]),
+            "{sa}: {}",
+            env_of(&docs, sa)?
+        );
+        let pod = &named(&docs, "Deployment", sa)?["spec"]["template"]["spec"];
+        ensure!(pod["hostNetwork"] == false, "{sa}: {}", pod["hostNetwork"]);
+    }
+    let out = template(&["--set", "apiServer.port=0"])?;
+    ensure!(!out.ok, "port 0 was accepted");
+    Ok(())
+}
+
 #[test]
 fn an_unknown_value_key_is_rejected() -> Result<()> {
     for key in [
         "bogus=1",
         "scheduler.bogus=1",
         "controllerManager.rootCA.bogus=1",
+        "apiServer.bogus=1",
     ] {
         let out = template(&["--set", key])?;
         ensure!(!out.ok, "--set {key} was accepted");

@@ -110,6 +110,13 @@ where
             return EXIT_FAILURE;
         }
     };
+    // A standby has started no informers, so it has nothing to sync and is ready, as upstream's
+    // informer-sync check over a factory with nothing started passes: a Deployment of two
+    // replicas reads 2/2, and the standby keeps receiving traffic to its secure port. Leading
+    // makes it unready until its own caches have synced (the work sets it ready again).
+    if config.leader_elect {
+        health.set_ready(true);
+    }
     let shutdown = crate::shutdown::on_signals();
     if let Some(server) = server {
         let token = shutdown.clone();
@@ -139,6 +146,7 @@ where
         metrics,
         shutdown,
         move |token| async move {
+            work_health.set_ready(false);
             let informers = InformerFactory::new(work_client.clone());
             let events = EventRecorder::with_shutdown(
                 work_client.clone(),

@@ -154,6 +154,14 @@ spec:
             {{- range $values.extraArgs }}
             - {{ . | quote }}
             {{- end }}
+          {{- with $root.Values.apiServer.host }}
+          env:
+            # In place of the kubernetes Service's address, which the kubelet would inject.
+            - name: KUBERNETES_SERVICE_HOST
+              value: {{ . | quote }}
+            - name: KUBERNETES_SERVICE_PORT
+              value: {{ $root.Values.apiServer.port | toString | quote }}
+          {{- end }}
           ports:
             - name: https
               containerPort: {{ $values.securePort }}

@@ -1,0 +1,3 @@
+module ferrite.local/pause
+
+go 1.26
