@@ -4,10 +4,11 @@
 //!   ferrite scheduler [flags]            kube-scheduler's replacement
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferrite_runtime::component::{self, CommonOptions, ComponentSpec, EXIT_USAGE};
-use ferrite_runtime::flags::parse_go_bool;
+use ferrite_runtime::flags::{parse_duration_flag, parse_go_bool};
 use ferrite_runtime::serving::{CONTROLLER_MANAGER_SECURE_PORT, SCHEDULER_SECURE_PORT};
 
 #[derive(Parser)]
@@ -24,9 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller manager (replaces kube-controller-manager).
-    ControllerManager(ControllerManagerArgs),
+    ControllerManager(Box<ControllerManagerArgs>),
     /// Run the scheduler (replaces kube-scheduler).
-    Scheduler(SchedulerArgs),
+    Scheduler(Box<SchedulerArgs>),
 }
 
 #[derive(Args)]
@@ -64,6 +65,39 @@ struct ControllerManagerArgs {
     /// starts deleting terminated pods. If <= 0, the terminated pod garbage collector is disabled.
     #[arg(long, default_value_t = 12500)]
     terminated_pod_gc_threshold: i64,
+    /// The period for syncing NodeStatus in NodeLifecycleController.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_flag)]
+    node_monitor_period: Duration,
+    /// Amount of time which we allow running Node to be unresponsive before marking it unhealthy.
+    /// Must be N times more than kubelet's nodeStatusUpdateFrequency, where N means number of
+    /// retries allowed for kubelet to post node status. This value should also be greater than
+    /// the sum of HTTP2_PING_TIMEOUT_SECONDS and HTTP2_READ_IDLE_TIMEOUT_SECONDS.
+    #[arg(long, default_value = "50s", value_parser = parse_duration_flag)]
+    node_monitor_grace_period: Duration,
+    /// Amount of time which we allow starting Node to be unresponsive before marking it
+    /// unhealthy.
+    #[arg(long, default_value = "1m0s", value_parser = parse_duration_flag)]
+    node_startup_grace_period: Duration,
+    /// Number of nodes per second on which pods are deleted in case of node failure when a zone
+    /// is healthy (see --unhealthy-zone-threshold for definition of healthy/unhealthy). Zone
+    /// refers to entire cluster in non-multizone clusters.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    node_eviction_rate: f32,
+    /// Number of nodes per second on which pods are deleted in case of node failure when a zone
+    /// is unhealthy (see --unhealthy-zone-threshold for definition of healthy/unhealthy). Zone
+    /// refers to entire cluster in non-multizone clusters. This value is implicitly overridden
+    /// to 0 if the cluster size is smaller than --large-cluster-size-threshold.
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    secondary_node_eviction_rate: f32,
+    /// Number of nodes from which node-lifecycle-controller treats the cluster as large for the
+    /// eviction logic purposes. --secondary-node-eviction-rate is implicitly overridden to 0 for
+    /// clusters this size or smaller.
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+    large_cluster_size_threshold: i32,
+    /// Fraction of Nodes in a zone which needs to be not Ready (minimum 3) for zone to be
+    /// treated as unhealthy.
+    #[arg(long, default_value_t = 0.55, allow_negative_numbers = true)]
+    unhealthy_zone_threshold: f32,
     /// klog verbosity; maps onto log levels (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -137,8 +171,8 @@ fn main() {
         }
     };
     let code = match cli.command {
-        Command::ControllerManager(args) => controller_manager(args),
-        Command::Scheduler(args) => scheduler(args),
+        Command::ControllerManager(args) => controller_manager(*args),
+        Command::Scheduler(args) => scheduler(*args),
     };
     std::process::exit(code);
 }
@@ -189,12 +223,39 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
+    // Upstream accepts a zero period and then checks node health in a busy loop.
+    if args.node_monitor_period.is_zero() {
+        eprintln!("ferrite controller-manager: --node-monitor-period must be greater than zero");
+        return EXIT_USAGE;
+    }
+    for (flag, value) in [
+        ("--node-eviction-rate", args.node_eviction_rate),
+        (
+            "--secondary-node-eviction-rate",
+            args.secondary_node_eviction_rate,
+        ),
+        ("--unhealthy-zone-threshold", args.unhealthy_zone_threshold),
+    ] {
+        if !value.is_finite() {
+            eprintln!("ferrite controller-manager: {flag}: {value} is not a finite number");
+            return EXIT_USAGE;
+        }
+    }
     let options = ferrite_controllers::manager::ManagerOptions {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
         use_service_account_credentials: args.use_service_account_credentials,
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         client_ca: None,
+        node_lifecycle: ferrite_controllers::node_lifecycle::NodeLifecycleOptions {
+            node_monitor_period: args.node_monitor_period,
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            node_startup_grace_period: args.node_startup_grace_period,
+            node_eviction_rate: args.node_eviction_rate,
+            secondary_node_eviction_rate: args.secondary_node_eviction_rate,
+            large_cluster_size_threshold: args.large_cluster_size_threshold,
+            unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        },
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(

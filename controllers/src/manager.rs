@@ -48,6 +48,8 @@ pub struct ManagerOptions {
     /// publishes without `--root-ca-file` (upstream uses the client config's CAData). Filled in
     /// from the client configuration by [`run`].
     pub client_ca: Option<String>,
+    /// The node-lifecycle controller's flags.
+    pub node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions,
 }
 
 impl Default for ManagerOptions {
@@ -58,6 +60,7 @@ impl Default for ManagerOptions {
             use_service_account_credentials: false,
             terminated_pod_gc_threshold: crate::podgc::DEFAULT_TERMINATED_POD_GC_THRESHOLD,
             client_ca: None,
+            node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions::default(),
         }
     }
 }
@@ -136,6 +139,14 @@ pub const IMPLEMENTED: &[Controller] = &[
         name: crate::garbage_collector::NAME,
         start: crate::garbage_collector::start,
     },
+    Controller {
+        name: crate::node_lifecycle::NAME,
+        start: crate::node_lifecycle::start,
+    },
+    Controller {
+        name: crate::taint_eviction::NAME,
+        start: crate::taint_eviction::start,
+    },
 ];
 
 /// The service account a controller uses with `--use-service-account-credentials`: upstream's
@@ -157,7 +168,11 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         "endpoints-controller" => "endpoint-controller",
         "endpointslice-controller" => "endpointslice-controller",
         "endpointslice-mirroring-controller" => "endpointslicemirroring-controller",
-        "node-lifecycle-controller" | "node-ipam-controller" => "node-controller",
+        // The taint-eviction controller uses the node controller's role too
+        // (cmd/kube-controller-manager/app/core.go).
+        "node-lifecycle-controller" | "node-ipam-controller" | "taint-eviction-controller" => {
+            "node-controller"
+        }
         "resourcequota-controller" => "resourcequota-controller",
         "replicationcontroller-controller" => "replication-controller",
         "daemonset-controller" => "daemon-set-controller",
