@@ -956,3 +956,98 @@ async fn bad_node_lifecycle_flags_are_one_line_and_exit_code_2() -> Result<()> {
     }
     Ok(())
 }
+
+/// kwok stops: every node falls silent at once. Upstream reads that as the control plane losing
+/// the nodes rather than every node dying ("master disruption"): the nodes go Unknown and their
+/// pods not Ready, but no node keeps a NoExecute taint and no pod is evicted.
+#[tokio::test]
+async fn when_every_node_falls_silent_at_once_nothing_is_evicted() -> Result<()> {
+    let bed = testing::PrivateBed::start(|mut o| {
+        o.nodes = 2;
+        o.controller_manager = Component::Ferrite;
+        o.ferrite_args = vec![
+            format!("--node-monitor-grace-period={}s", GRACE.as_secs()),
+            "--node-monitor-period=1s".into(),
+        ];
+        o
+    })
+    .await?;
+    let client = bed.client().await?;
+    let ns = namespace(&client, "nlc-silent").await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &pod_on("survivor", "kwok-node-0", json!([]))?,
+    )
+    .await?;
+    eventually(
+        "kwok to run the pod",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let p = pods.get("survivor").await.ok()?;
+            pod_condition(&p, "Ready")
+                .is_some_and(|c| c.status == "True")
+                .then_some(())
+        },
+    )
+    .await?;
+
+    bed.stop_process("kwok", Duration::from_secs(10));
+    let nodes = Api::<Node>::all(client.clone());
+    eventually(
+        "both nodes Unknown",
+        GRACE + Duration::from_secs(40),
+        Duration::from_millis(500),
+        || async {
+            let list = nodes.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|n| node_condition(n, "Ready").is_some_and(|c| c.status == "Unknown"))
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| cm_log(&bed))?;
+    eventually(
+        "the pod marked not Ready",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || async {
+            let p = pods.get("survivor").await.ok()?;
+            pod_condition(&p, "Ready")
+                .is_some_and(|c| c.status == "False")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| cm_log(&bed))?;
+    // Several monitor passes and tainting passes later, still no NoExecute taint.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for n in nodes.list(&ListParams::default()).await?.items {
+        ensure!(
+            !taints(&n).iter().any(|t| t.effect == "NoExecute"),
+            "node {:?} carries a NoExecute taint in master disruption mode: {:?}\n{}",
+            n.metadata.name,
+            taints(&n),
+            cm_log(&bed)
+        );
+        ensure!(
+            has_taint(&n, UNREACHABLE, "NoSchedule"),
+            "node {:?} lacks the unreachable NoSchedule taint",
+            n.metadata.name
+        );
+    }
+    let p = pods.get("survivor").await?;
+    ensure!(
+        p.metadata.deletion_timestamp.is_none(),
+        "the pod was evicted in master disruption mode"
+    );
+    let log = std::fs::read_to_string(bed.log("controller-manager")).unwrap_or_default();
+    ensure!(
+        log.contains("entering master disruption mode"),
+        "the controller never entered master disruption mode:\n{}",
+        cm_log(&bed)
+    );
+    Ok(())
+}
