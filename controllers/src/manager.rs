@@ -8,7 +8,10 @@
 //! `WaitForNamedCacheSync` has it.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use crate::cache::Pod;
+use crate::pods_by_node::PodsByNode;
 
 use ferrite_runtime::client::rate_limited_client;
 use ferrite_runtime::component::Context;
@@ -33,6 +36,18 @@ pub struct ControllerContext {
     pub options: Arc<ManagerOptions>,
     /// Cancelled when leadership ends or the process shuts down.
     pub token: CancellationToken,
+    /// The pods-by-node index, made by the first controller that asks for it.
+    pods_by_node: Arc<OnceLock<PodsByNode>>,
+}
+
+impl ControllerContext {
+    /// The process's one index of pods by node name (upstream's `spec.nodeName` pod indexer,
+    /// which the node-lifecycle and taint-eviction controllers share).
+    pub fn pods_by_node(&self) -> PodsByNode {
+        self.pods_by_node
+            .get_or_init(|| PodsByNode::new(self.informers.informer::<Pod>()))
+            .clone()
+    }
 }
 
 /// Controller settings from flags (upstream names); grows with the controllers.
@@ -208,6 +223,7 @@ pub async fn run(
         registry: ctx.registry.clone(),
         options: Arc::new(options),
         token: ctx.token.clone(),
+        pods_by_node: Arc::default(),
     };
     let credentials = cc.options.use_service_account_credentials.then(|| {
         ServiceAccountCredentials::new(

@@ -233,13 +233,12 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
     if opts.node_monitor_period.is_zero() {
         return Err("--node-monitor-period must be greater than zero".into());
     }
-    let pods = ctx.informers.informer::<Pod>();
     let shared = Arc::new(Shared {
         client: ctx.client.clone(),
         nodes: ctx.informers.informer::<Node>(),
         leases: ctx.informers.informer::<Lease>(),
-        pods_by_node: PodsByNode::new(pods.clone()),
-        pods,
+        pods_by_node: ctx.pods_by_node(),
+        pods: ctx.informers.informer::<Pod>(),
         recorder: ctx.events.for_controller(EVENT_COMPONENT),
         metrics: ctx.registry.with(metrics::NodeLifecycleMetrics::register),
         opts,
@@ -616,7 +615,12 @@ impl Shared {
         if taints::exists(current, &have) {
             // Already tainted for the other state: swap right away, no rate limit.
             if let Err(e) = self
-                .update_taints(name, Some(node), std::slice::from_ref(&want), &[have])
+                .update_taints(
+                    name,
+                    Read::Shortcut(node),
+                    std::slice::from_ref(&want),
+                    &[have],
+                )
                 .await
             {
                 tracing::error!(node = name, error = %e, "failed to instantly swap NoExecute taints; will try again in the next cycle");
@@ -652,10 +656,20 @@ impl Shared {
 
     /// `markNodeAsReachable`: lifts both NoExecute taints and forgets any queued tainting.
     async fn mark_node_as_reachable(&self, node: &Node) -> Result<bool, Error> {
+        self.lift_no_execute(node, Read::Shortcut(node)).await
+    }
+
+    /// [`mark_node_as_reachable`](Self::mark_node_as_reachable) judged on the node as the
+    /// apiserver has it now rather than as cached.
+    async fn mark_node_as_reachable_fresh(&self, node: &Node) -> Result<bool, Error> {
+        self.lift_no_execute(node, Read::Fresh).await
+    }
+
+    async fn lift_no_execute(&self, node: &Node, read: Read<'_>) -> Result<bool, Error> {
         let name = name_of(node);
         self.update_taints(
             name,
-            Some(node),
+            read,
             &[],
             &[
                 taints::unreachable_no_execute(),
@@ -691,8 +705,11 @@ impl Shared {
                 tracing::info!(
                     "controller detected that all Nodes are not-Ready; entering master disruption mode"
                 );
+                // Upstream decides from the node list read at the start of the pass, so a taint
+                // the tainting pass added meanwhile survives, and evicts, for the whole
+                // disruption; reading each node afresh lifts that one too.
                 for node in nodes {
-                    if let Err(e) = self.mark_node_as_reachable(node).await {
+                    if let Err(e) = self.mark_node_as_reachable_fresh(node).await {
                         tracing::error!(node = name_of(node), error = %e, "failed to remove taints from Node");
                     }
                 }
@@ -768,7 +785,7 @@ impl Shared {
             return Outcome::Done;
         };
         match self
-            .update_taints(&value.value, Some(&node), &[add], &[opposite])
+            .update_taints(&value.value, Read::Shortcut(&node), &[add], &[opposite])
             .await
         {
             Ok(_) => {
@@ -793,7 +810,7 @@ impl Shared {
     async fn update_taints(
         &self,
         name: &str,
-        cached: Option<&Node>,
+        read: Read<'_>,
         add: &[Taint],
         del: &[Taint],
     ) -> Result<bool, Error> {
@@ -801,7 +818,7 @@ impl Shared {
             if del.is_empty() {
                 return Ok(false);
             }
-            if let Some(node) = cached
+            if let Read::Shortcut(node) = read
                 && !del
                     .iter()
                     .any(|t| taints::exists(taints::node_taints(node), t))
@@ -812,7 +829,7 @@ impl Shared {
         let api = Api::<Node>::all(self.client.clone());
         let mut attempt = 0;
         loop {
-            let params = if attempt == 0 {
+            let params = if attempt == 0 && !matches!(read, Read::Fresh) {
                 GetParams::any()
             } else {
                 GetParams::default()
@@ -856,7 +873,9 @@ impl Shared {
         let mut errors = Vec::new();
         let (add, del) = taints::no_schedule_changes(&node);
         if (!add.is_empty() || !del.is_empty())
-            && let Err(e) = self.update_taints(name, Some(&node), &add, &del).await
+            && let Err(e) = self
+                .update_taints(name, Read::Shortcut(&node), &add, &del)
+                .await
         {
             errors.push(format!(
                 "failed to swap NoSchedule taints of node {name}: {e}"
@@ -960,6 +979,17 @@ impl Shared {
             format!("Node {} event: {message}", name_of(node)),
         );
     }
+}
+
+/// How a taint write reads the node.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// From the apiserver's cache first (upstream's `resourceVersion=0`), afresh after a
+    /// conflict; with nothing to add, skipped when this cached copy has none of the taints to
+    /// remove (upstream `RemoveTaintOffNode`'s short cut).
+    Shortcut(&'a Node),
+    /// A consistent read from the start, and no short cut.
+    Fresh,
 }
 
 /// The status patch that turns a pod's Ready condition False (`UpdatePodCondition` semantics:

@@ -129,11 +129,10 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
     let recorder = ctx.events.for_controller(NAME);
     let metrics = ctx.registry.with(TaintEvictionMetrics::register);
     let work = deletion_work(ctx.client.clone(), recorder.clone(), metrics);
-    let pods = ctx.informers.informer::<Pod>();
     let shared = Arc::new(Shared {
         nodes: ctx.informers.informer::<Node>(),
-        pods_by_node: PodsByNode::new(pods.clone()),
-        pods,
+        pods_by_node: ctx.pods_by_node(),
+        pods: ctx.informers.informer::<Pod>(),
         recorder,
         tainted_nodes: Mutex::default(),
         evictions: TimedWorkerQueue::new(work, ctx.token.clone()),
