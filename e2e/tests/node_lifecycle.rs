@@ -412,7 +412,18 @@ async fn a_new_node_becomes_schedulable_once_ferrite_lifts_its_not_ready_taint()
     let _ = pods
         .delete("on-new-node", &DeleteParams::default().grace_period(0))
         .await;
-    let _ = nodes.delete(&name, &DeleteParams::default()).await;
+    nodes.delete(&name, &DeleteParams::default()).await?;
+    let removing = format!("Node {name} event: Removing Node {name} from Controller");
+    wait_event(
+        bed,
+        &client,
+        "default",
+        &name,
+        "node-controller",
+        "RemovingNode",
+        &removing,
+    )
+    .await?;
     Ok(())
 }
 
@@ -618,6 +629,11 @@ async fn kubelet_stops_scenario(
     .with_context(|| cm_log(bed))?;
     let marked_at = timed.last_transition_time.context("no transition time")?.0;
     let waited = marked_at.duration_since(taint_added);
+    eprintln!(
+        "kubelet stopped -> Unknown after {:.1}s; taint -> timed eviction after {}s (tolerationSeconds 6; both whole seconds)",
+        became_unknown.duration_since(stopped).as_secs_f64(),
+        waited.as_secs(),
+    );
     // Both times have whole-second precision.
     ensure!(
         waited >= SignedDuration::from_secs(5),
