@@ -59,8 +59,21 @@ struct ControllerManagerArgs {
     cluster_cidr: Option<String>,
     #[arg(long)]
     service_cluster_ip_range: Option<String>,
+    /// Should CIDRs for Pods be allocated and set on the cloud provider. Requires --cluster-cidr.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
     allocate_node_cidrs: bool,
+    /// Type of CIDR allocator to use.
+    #[arg(long, default_value = "RangeAllocator")]
+    cidr_allocator_type: String,
+    /// Mask size for node cidr in cluster. Default is 24 for IPv4 and 64 for IPv6.
+    #[arg(long, default_value_t = 0)]
+    node_cidr_mask_size: i32,
+    /// Mask size for IPv4 node cidr in dual-stack cluster. Default is 24.
+    #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 0)]
+    node_cidr_mask_size_ipv4: i32,
+    /// Mask size for IPv6 node cidr in dual-stack cluster. Default is 64.
+    #[arg(long = "node-cidr-mask-size-ipv6", default_value_t = 0)]
+    node_cidr_mask_size_ipv6: i32,
     /// Number of terminated pods that can exist before the terminated pod garbage collector
     /// starts deleting terminated pods. If <= 0, the terminated pod garbage collector is disabled.
     #[arg(long, default_value_t = 12500)]
@@ -241,6 +254,28 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
+    let ipam_flags = ferrite_controllers::node_ipam::config::NodeIpamFlags {
+        allocate_node_cidrs: args.allocate_node_cidrs,
+        cidr_allocator_type: args.cidr_allocator_type.clone(),
+        cluster_cidr: args.cluster_cidr.clone(),
+        service_cluster_ip_range: args.service_cluster_ip_range.clone(),
+        node_cidr_mask_size: args.node_cidr_mask_size,
+        node_cidr_mask_size_ipv4: args.node_cidr_mask_size_ipv4,
+        node_cidr_mask_size_ipv6: args.node_cidr_mask_size_ipv6,
+    };
+    // Upstream checks the CIDRs only when it starts the node-ipam controller.
+    let node_ipam = if enabled.contains(ferrite_controllers::node_ipam::NAME) {
+        ipam_flags.config()
+    } else {
+        ipam_flags.validate().map(|()| None)
+    };
+    let node_ipam = match node_ipam {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrite controller-manager: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let options = ferrite_controllers::manager::ManagerOptions {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
@@ -256,6 +291,7 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
             large_cluster_size_threshold: args.large_cluster_size_threshold,
             unhealthy_zone_threshold: args.unhealthy_zone_threshold,
         },
+        node_ipam,
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(

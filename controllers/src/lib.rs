@@ -9,6 +9,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod manager;
 pub mod names;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pod_util;
 pub mod podgc;

@@ -65,6 +65,8 @@ pub struct ManagerOptions {
     pub client_ca: Option<String>,
     /// The node-lifecycle controller's flags.
     pub node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions,
+    /// The node-ipam controller's CIDRs; None without `--allocate-node-cidrs`.
+    pub node_ipam: Option<crate::node_ipam::config::NodeIpamConfig>,
 }
 
 impl Default for ManagerOptions {
@@ -76,6 +78,7 @@ impl Default for ManagerOptions {
             terminated_pod_gc_threshold: crate::podgc::DEFAULT_TERMINATED_POD_GC_THRESHOLD,
             client_ca: None,
             node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions::default(),
+            node_ipam: None,
         }
     }
 }
@@ -161,6 +164,10 @@ pub const IMPLEMENTED: &[Controller] = &[
     Controller {
         name: crate::taint_eviction::NAME,
         start: crate::taint_eviction::start,
+    },
+    Controller {
+        name: crate::node_ipam::NAME,
+        start: crate::node_ipam::start,
     },
 ];
 
