@@ -324,7 +324,7 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
             let s = shared.clone();
             let token = token.clone();
             async move {
-                let mut known: HashMap<String, Arc<Node>> = HashMap::new();
+                let mut known: HashMap<String, Option<String>> = HashMap::new();
                 loop {
                     tokio::select! {
                         _ = token.cancelled() => break,
@@ -381,7 +381,8 @@ impl Shared {
     // -----------------------------------------------------------------------------------------
 
     /// `monitorNodeHealth`: one pass over every node.
-    async fn monitor_node_health(&self, known: &mut HashMap<String, Arc<Node>>) {
+    /// `known` holds the UID of every node seen so far, by name (upstream `knownNodeSet`).
+    async fn monitor_node_health(&self, known: &mut HashMap<String, Option<String>>) {
         let started = std::time::Instant::now();
         let nodes = self.nodes.store().state();
         let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
@@ -397,7 +398,7 @@ impl Shared {
                 "RegisteredNode",
                 &format!("Registered Node {} in Controller", name_of(node)),
             );
-            known.insert(name_of(node).to_owned(), Arc::new((*node).clone()));
+            known.insert(name_of(node).to_owned(), node.metadata.uid.clone());
             self.zone_tainter_add(node);
             if let Err(e) = self.mark_node_as_reachable(node).await {
                 tracing::error!(node = name_of(node), error = %e, "failed to remove taints from node");
@@ -405,9 +406,17 @@ impl Shared {
         }
         for name in &classified.deleted {
             tracing::info!(node = %name, "controller observed a Node deletion");
-            if let Some(node) = known.remove(name) {
+            if let Some(uid) = known.remove(name) {
+                let gone = Node {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        uid,
+                        ..Default::default()
+                    },
+                    ..Node::default()
+                };
                 self.record_node_event(
-                    &node,
+                    &gone,
                     "RemovingNode",
                     &format!("Removing Node {name} from Controller"),
                 );
