@@ -45,19 +45,34 @@ async fn wait_cidr(bed: &Bed, nodes: &Api<Node>, name: &str) -> Result<String> {
     .with_context(|| bed.log_tail("controller-manager"))
 }
 
+fn flags() -> Vec<String> {
+    vec![
+        "--controllers=nodeipam".into(),
+        "--allocate-node-cidrs=true".into(),
+        format!("--cluster-cidr={CLUSTER_CIDR}"),
+        "--node-cidr-mask-size=26".into(),
+        "--service-cluster-ip-range=10.244.0.0/26".into(),
+    ]
+}
+
 #[tokio::test]
 async fn nodes_get_distinct_cidrs_outside_the_service_range_and_a_deleted_nodes_cidr_is_reused()
 -> Result<()> {
+    allocation_with(Component::Ferrite).await
+}
+
+/// The same scenario against the stock kube-controller-manager: the expectations are upstream's.
+#[tokio::test]
+async fn the_stock_controller_manager_allocates_the_same_way() -> Result<()> {
+    allocation_with(Component::Stock).await
+}
+
+async fn allocation_with(component: Component) -> Result<()> {
     let bed = testing::PrivateBed::start(|mut o| {
         o.nodes = 2;
-        o.controller_manager = Component::Ferrite;
-        o.ferrite_args = vec![
-            "--controllers=nodeipam".into(),
-            "--allocate-node-cidrs=true".into(),
-            format!("--cluster-cidr={CLUSTER_CIDR}"),
-            "--node-cidr-mask-size=26".into(),
-            "--service-cluster-ip-range=10.244.0.0/26".into(),
-        ];
+        o.controller_manager = component;
+        o.ferrite_args = flags();
+        o.stock_controller_manager_args = flags();
         o
     })
     .await?;
@@ -145,12 +160,17 @@ async fn nodes_get_distinct_cidrs_outside_the_service_range_and_a_deleted_nodes_
     )
     .await?;
     let label = format!("{{clusterCIDR=\"{CLUSTER_CIDR}\"}}");
-    for line in [
-        format!("node_ipam_controller_cirdset_max_cidrs{label} 4"),
-        format!("node_ipam_controller_cidrset_usage_cidrs{label} 1.0"),
-        format!("node_ipam_controller_cidrset_cidrs_releases_total{label} 1"),
+    for (metric, want) in [
+        ("node_ipam_controller_cirdset_max_cidrs", 4.0),
+        ("node_ipam_controller_cidrset_usage_cidrs", 1.0),
+        ("node_ipam_controller_cidrset_cidrs_releases_total", 1.0),
     ] {
-        ensure!(body.contains(&line), "missing {line:?} in the metrics");
+        let prefix = format!("{metric}{label} ");
+        let got = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        ensure!(got == Some(want), "{metric}: {got:?}, want {want}");
     }
     Ok(())
 }

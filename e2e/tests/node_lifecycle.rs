@@ -33,14 +33,19 @@ async fn bed() -> &'static Bed {
         o.nodes = 2;
         o.controller_manager = Component::Ferrite;
         o.scheduler = Component::Stock;
-        o.ferrite_args = vec![
-            format!("--node-monitor-grace-period={}s", GRACE.as_secs()),
-            "--node-startup-grace-period=20s".into(),
-            "--node-monitor-period=1s".into(),
-        ];
+        o.ferrite_args = grace_flags();
         o
     })
     .await
+}
+
+/// The short grace periods, as flags both controller managers take.
+fn grace_flags() -> Vec<String> {
+    vec![
+        format!("--node-monitor-grace-period={}s", GRACE.as_secs()),
+        "--node-startup-grace-period=20s".into(),
+        "--node-monitor-period=1s".into(),
+    ]
 }
 
 fn cm_log(bed: &Bed) -> String {
@@ -328,7 +333,10 @@ async fn namespace(client: &kube::Client, prefix: &str) -> Result<String> {
 
 #[tokio::test]
 async fn a_new_node_becomes_schedulable_once_ferrite_lifts_its_not_ready_taint() -> Result<()> {
-    let bed = bed().await;
+    new_node_on(bed().await).await
+}
+
+async fn new_node_on(bed: &Bed) -> Result<()> {
     let client = bed.client().await?;
     let nodes = Api::<Node>::all(client.clone());
 
@@ -432,7 +440,28 @@ async fn a_new_node_becomes_schedulable_once_ferrite_lifts_its_not_ready_taint()
 #[tokio::test]
 async fn a_node_whose_kubelet_stops_goes_unknown_and_its_pods_go_by_their_tolerations() -> Result<()>
 {
-    let bed = bed().await;
+    kubelet_stops_on(bed().await).await
+}
+
+/// The same scenarios against the stock kube-controller-manager: what these tests expect is what
+/// upstream does (conditions, reasons, taints, events, metric names).
+#[tokio::test]
+async fn the_stock_controller_manager_passes_the_same_scenarios() -> Result<()> {
+    let bed = testing::PrivateBed::start(|mut o| {
+        o.nodes = 2;
+        o.controller_manager = Component::Stock;
+        o.scheduler = Component::Stock;
+        o.stock_controller_manager_args = grace_flags();
+        o
+    })
+    .await?;
+    new_node_on(&bed).await.context("a new node")?;
+    conditions_on(&bed).await.context("conditions")?;
+    taint_eviction_on(&bed).await.context("taint eviction")?;
+    kubelet_stops_on(&bed).await.context("a kubelet stops")
+}
+
+async fn kubelet_stops_on(bed: &Bed) -> Result<()> {
     let client = bed.client().await?;
     let nodes = Api::<Node>::all(client.clone());
     let name = format!("fake-kubelet-{}", suffix());
@@ -698,7 +727,10 @@ async fn kubelet_stops_scenario(
 
 #[tokio::test]
 async fn node_conditions_and_cordoning_yield_their_no_schedule_taints() -> Result<()> {
-    let bed = bed().await;
+    conditions_on(bed().await).await
+}
+
+async fn conditions_on(bed: &Bed) -> Result<()> {
     let client = bed.client().await?;
     let nodes = Api::<Node>::all(client.clone());
     let name = format!("fake-kubelet-{}", suffix());
@@ -792,7 +824,10 @@ async fn node_conditions_and_cordoning_yield_their_no_schedule_taints() -> Resul
 #[tokio::test]
 async fn pods_not_tolerating_a_no_execute_taint_are_evicted_and_removing_it_cancels_timed_ones()
 -> Result<()> {
-    let bed = bed().await;
+    taint_eviction_on(bed().await).await
+}
+
+async fn taint_eviction_on(bed: &Bed) -> Result<()> {
     let client = bed.client().await?;
     let nodes = Api::<Node>::all(client.clone());
     let node = format!("kwok-taint-{}", suffix());
@@ -978,13 +1013,21 @@ async fn bad_node_lifecycle_flags_are_one_line_and_exit_code_2() -> Result<()> {
 /// pods not Ready, but no node keeps a NoExecute taint and no pod is evicted.
 #[tokio::test]
 async fn when_every_node_falls_silent_at_once_nothing_is_evicted() -> Result<()> {
+    silent_nodes_with(Component::Ferrite).await
+}
+
+#[tokio::test]
+async fn the_stock_controller_manager_evicts_nothing_either_when_every_node_falls_silent()
+-> Result<()> {
+    silent_nodes_with(Component::Stock).await
+}
+
+async fn silent_nodes_with(component: Component) -> Result<()> {
     let bed = testing::PrivateBed::start(|mut o| {
         o.nodes = 2;
-        o.controller_manager = Component::Ferrite;
-        o.ferrite_args = vec![
-            format!("--node-monitor-grace-period={}s", GRACE.as_secs()),
-            "--node-monitor-period=1s".into(),
-        ];
+        o.controller_manager = component;
+        o.ferrite_args = grace_flags();
+        o.stock_controller_manager_args = grace_flags();
         o
     })
     .await?;
@@ -1061,7 +1104,8 @@ async fn when_every_node_falls_silent_at_once_nothing_is_evicted() -> Result<()>
     );
     let log = std::fs::read_to_string(bed.log("controller-manager")).unwrap_or_default();
     ensure!(
-        log.contains("entering master disruption mode"),
+        log.to_lowercase()
+            .contains("entering master disruption mode"),
         "the controller never entered master disruption mode:\n{}",
         cm_log(&bed)
     );
