@@ -124,6 +124,8 @@ impl NodeIpamFlags {
             if cidr.prefix_len() > *node_mask {
                 return Err("Controller: Invalid --cluster-cidr, mask size of cluster CIDR must be less than or equal to --node-cidr-mask-size configured for CIDR family".into());
             }
+            // Upstream finds this when it builds the CIDR set, at start-up.
+            super::cidr_set::CidrSet::new(*cidr, *node_mask).map_err(|e| e.to_string())?;
         }
         Ok(Some(NodeIpamConfig {
             cluster_cidrs,
@@ -265,6 +267,14 @@ mod tests {
             f.config()
                 .expect_err("too short")
                 .contains("--node-cidr-mask-size")
+        );
+        let mut too_many = flags("fd00::/48");
+        too_many.node_cidr_mask_size_ipv6 = 120;
+        assert!(
+            too_many
+                .config()
+                .expect_err("2^72 CIDRs")
+                .contains("too big")
         );
         let mut v6only = flags("10.244.0.0/16");
         v6only.node_cidr_mask_size_ipv6 = 64;

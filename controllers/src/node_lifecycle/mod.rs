@@ -347,12 +347,12 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
 impl Shared {
     /// `podUpdated`: a pod newly bound to a node is checked against the node's health.
     fn pod_updated(&self, old: Option<&Pod>, new: &Pod) {
-        let node = |p: &Pod| {
+        fn node(p: &Pod) -> &str {
             p.spec
                 .as_ref()
-                .and_then(|s| s.node_name.clone())
+                .and_then(|s| s.node_name.as_deref())
                 .unwrap_or_default()
-        };
+        }
         let new_node = node(new);
         if !new_node.is_empty() && old.is_none_or(|o| node(o) != new_node) {
             self.pod_queue.add((
