@@ -6,10 +6,11 @@
 //!                                        static pods, Ferrite as its own Deployments)
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferrite_runtime::component::{self, CommonOptions, ComponentSpec, EXIT_USAGE};
-use ferrite_runtime::flags::parse_go_bool;
+use ferrite_runtime::flags::{parse_duration_flag, parse_go_bool};
 use ferrite_runtime::serving::{CONTROLLER_MANAGER_SECURE_PORT, SCHEDULER_SECURE_PORT};
 
 #[derive(Parser)]
@@ -26,9 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller manager (replaces kube-controller-manager).
-    ControllerManager(ControllerManagerArgs),
+    ControllerManager(Box<ControllerManagerArgs>),
     /// Run the scheduler (replaces kube-scheduler).
-    Scheduler(SchedulerArgs),
+    Scheduler(Box<SchedulerArgs>),
     /// Bring up, recover or remove a self-hosted control plane on this machine.
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
@@ -122,12 +123,58 @@ struct ControllerManagerArgs {
     cluster_cidr: Option<String>,
     #[arg(long)]
     service_cluster_ip_range: Option<String>,
+    /// Should CIDRs for Pods be allocated and set on the cloud provider. Requires --cluster-cidr.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
     allocate_node_cidrs: bool,
+    /// Type of CIDR allocator to use.
+    #[arg(long, default_value = "RangeAllocator")]
+    cidr_allocator_type: String,
+    /// Mask size for node cidr in cluster. Default is 24 for IPv4 and 64 for IPv6.
+    #[arg(long, default_value_t = 0)]
+    node_cidr_mask_size: i32,
+    /// Mask size for IPv4 node cidr in dual-stack cluster. Default is 24.
+    #[arg(long = "node-cidr-mask-size-ipv4", default_value_t = 0)]
+    node_cidr_mask_size_ipv4: i32,
+    /// Mask size for IPv6 node cidr in dual-stack cluster. Default is 64.
+    #[arg(long = "node-cidr-mask-size-ipv6", default_value_t = 0)]
+    node_cidr_mask_size_ipv6: i32,
     /// Number of terminated pods that can exist before the terminated pod garbage collector
     /// starts deleting terminated pods. If <= 0, the terminated pod garbage collector is disabled.
     #[arg(long, default_value_t = 12500)]
     terminated_pod_gc_threshold: i64,
+    /// The period for syncing NodeStatus in NodeLifecycleController.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_flag)]
+    node_monitor_period: Duration,
+    /// Amount of time which we allow running Node to be unresponsive before marking it unhealthy.
+    /// Must be N times more than kubelet's nodeStatusUpdateFrequency, where N means number of
+    /// retries allowed for kubelet to post node status. This value should also be greater than
+    /// the sum of HTTP2_PING_TIMEOUT_SECONDS and HTTP2_READ_IDLE_TIMEOUT_SECONDS.
+    #[arg(long, default_value = "50s", value_parser = parse_duration_flag)]
+    node_monitor_grace_period: Duration,
+    /// Amount of time which we allow starting Node to be unresponsive before marking it
+    /// unhealthy.
+    #[arg(long, default_value = "1m0s", value_parser = parse_duration_flag)]
+    node_startup_grace_period: Duration,
+    /// Number of nodes per second on which pods are deleted in case of node failure when a zone
+    /// is healthy (see --unhealthy-zone-threshold for definition of healthy/unhealthy). Zone
+    /// refers to entire cluster in non-multizone clusters.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    node_eviction_rate: f32,
+    /// Number of nodes per second on which pods are deleted in case of node failure when a zone
+    /// is unhealthy (see --unhealthy-zone-threshold for definition of healthy/unhealthy). Zone
+    /// refers to entire cluster in non-multizone clusters. This value is implicitly overridden
+    /// to 0 if the cluster size is smaller than --large-cluster-size-threshold.
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    secondary_node_eviction_rate: f32,
+    /// Number of nodes from which node-lifecycle-controller treats the cluster as large for the
+    /// eviction logic purposes. --secondary-node-eviction-rate is implicitly overridden to 0 for
+    /// clusters this size or smaller.
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+    large_cluster_size_threshold: i32,
+    /// Fraction of Nodes in a zone which needs to be not Ready (minimum 3) for zone to be
+    /// treated as unhealthy.
+    #[arg(long, default_value_t = 0.55, allow_negative_numbers = true)]
+    unhealthy_zone_threshold: f32,
     /// klog verbosity; maps onto log levels (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -201,8 +248,8 @@ fn main() {
         }
     };
     let code = match cli.command {
-        Command::ControllerManager(args) => controller_manager(args),
-        Command::Scheduler(args) => scheduler(args),
+        Command::ControllerManager(args) => controller_manager(*args),
+        Command::Scheduler(args) => scheduler(*args),
         Command::Bootstrap(cmd) => bootstrap(cmd),
     };
     std::process::exit(code);
@@ -254,12 +301,62 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
             return EXIT_USAGE;
         }
     }
+    // Upstream accepts a zero period and then checks node health in a busy loop.
+    if args.node_monitor_period.is_zero() {
+        eprintln!("ferrite controller-manager: --node-monitor-period must be greater than zero");
+        return EXIT_USAGE;
+    }
+    for (flag, value) in [
+        ("--node-eviction-rate", args.node_eviction_rate),
+        (
+            "--secondary-node-eviction-rate",
+            args.secondary_node_eviction_rate,
+        ),
+        ("--unhealthy-zone-threshold", args.unhealthy_zone_threshold),
+    ] {
+        if !value.is_finite() {
+            eprintln!("ferrite controller-manager: {flag}: {value} is not a finite number");
+            return EXIT_USAGE;
+        }
+    }
+    let ipam_flags = ferrite_controllers::node_ipam::config::NodeIpamFlags {
+        allocate_node_cidrs: args.allocate_node_cidrs,
+        cidr_allocator_type: args.cidr_allocator_type.clone(),
+        cluster_cidr: args.cluster_cidr.clone(),
+        service_cluster_ip_range: args.service_cluster_ip_range.clone(),
+        node_cidr_mask_size: args.node_cidr_mask_size,
+        node_cidr_mask_size_ipv4: args.node_cidr_mask_size_ipv4,
+        node_cidr_mask_size_ipv6: args.node_cidr_mask_size_ipv6,
+    };
+    // Upstream checks the CIDRs only when it starts the node-ipam controller.
+    let node_ipam = if enabled.contains(ferrite_controllers::node_ipam::NAME) {
+        ipam_flags.config()
+    } else {
+        ipam_flags.validate().map(|()| None)
+    };
+    let node_ipam = match node_ipam {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrite controller-manager: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let options = ferrite_controllers::manager::ManagerOptions {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
         use_service_account_credentials: args.use_service_account_credentials,
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         client_ca: None,
+        node_lifecycle: ferrite_controllers::node_lifecycle::NodeLifecycleOptions {
+            node_monitor_period: args.node_monitor_period,
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            node_startup_grace_period: args.node_startup_grace_period,
+            node_eviction_rate: args.node_eviction_rate,
+            secondary_node_eviction_rate: args.secondary_node_eviction_rate,
+            large_cluster_size_threshold: args.large_cluster_size_threshold,
+            unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        },
+        node_ipam,
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(

@@ -14,7 +14,7 @@
 //! A controller that needs a field the cache lacks adds it here, with the same name and type as
 //! `k8s_openapi::api::core::v1`.
 
-use k8s_openapi::api::core::v1::{ContainerState, PodCondition};
+use k8s_openapi::api::core::v1::{ContainerState, PodCondition, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -45,6 +45,9 @@ pub struct PodSpec {
     pub init_containers: Option<Vec<Container>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
+    /// Read by the taint-eviction controller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -219,6 +222,10 @@ mod tests {
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.containers[0].name, "app");
+        assert_eq!(
+            spec.tolerations.as_ref().and_then(|t| t[0].key.as_deref()),
+            Some("k")
+        );
         assert_eq!(
             spec.init_containers.as_ref().unwrap()[0]
                 .restart_policy

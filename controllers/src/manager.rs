@@ -8,7 +8,10 @@
 //! `WaitForNamedCacheSync` has it.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use crate::cache::Pod;
+use crate::pods_by_node::PodsByNode;
 
 use ferrite_runtime::client::rate_limited_client;
 use ferrite_runtime::component::Context;
@@ -33,6 +36,18 @@ pub struct ControllerContext {
     pub options: Arc<ManagerOptions>,
     /// Cancelled when leadership ends or the process shuts down.
     pub token: CancellationToken,
+    /// The pods-by-node index, made by the first controller that asks for it.
+    pods_by_node: Arc<OnceLock<PodsByNode>>,
+}
+
+impl ControllerContext {
+    /// The process's one index of pods by node name (upstream's `spec.nodeName` pod indexer,
+    /// which the node-lifecycle and taint-eviction controllers share).
+    pub fn pods_by_node(&self) -> PodsByNode {
+        self.pods_by_node
+            .get_or_init(|| PodsByNode::new(self.informers.informer::<Pod>()))
+            .clone()
+    }
 }
 
 /// Controller settings from flags (upstream names); grows with the controllers.
@@ -48,6 +63,10 @@ pub struct ManagerOptions {
     /// publishes without `--root-ca-file` (upstream uses the client config's CAData). Filled in
     /// from the client configuration by [`run`].
     pub client_ca: Option<String>,
+    /// The node-lifecycle controller's flags.
+    pub node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions,
+    /// The node-ipam controller's CIDRs; None without `--allocate-node-cidrs`.
+    pub node_ipam: Option<crate::node_ipam::config::NodeIpamConfig>,
 }
 
 impl Default for ManagerOptions {
@@ -58,6 +77,8 @@ impl Default for ManagerOptions {
             use_service_account_credentials: false,
             terminated_pod_gc_threshold: crate::podgc::DEFAULT_TERMINATED_POD_GC_THRESHOLD,
             client_ca: None,
+            node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions::default(),
+            node_ipam: None,
         }
     }
 }
@@ -136,6 +157,18 @@ pub const IMPLEMENTED: &[Controller] = &[
         name: crate::garbage_collector::NAME,
         start: crate::garbage_collector::start,
     },
+    Controller {
+        name: crate::node_lifecycle::NAME,
+        start: crate::node_lifecycle::start,
+    },
+    Controller {
+        name: crate::taint_eviction::NAME,
+        start: crate::taint_eviction::start,
+    },
+    Controller {
+        name: crate::node_ipam::NAME,
+        start: crate::node_ipam::start,
+    },
 ];
 
 /// The service account a controller uses with `--use-service-account-credentials`: upstream's
@@ -157,7 +190,11 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         "endpoints-controller" => "endpoint-controller",
         "endpointslice-controller" => "endpointslice-controller",
         "endpointslice-mirroring-controller" => "endpointslicemirroring-controller",
-        "node-lifecycle-controller" | "node-ipam-controller" => "node-controller",
+        // The taint-eviction controller uses the node controller's role too
+        // (cmd/kube-controller-manager/app/core.go).
+        "node-lifecycle-controller" | "node-ipam-controller" | "taint-eviction-controller" => {
+            "node-controller"
+        }
         "resourcequota-controller" => "resourcequota-controller",
         "replicationcontroller-controller" => "replication-controller",
         "daemonset-controller" => "daemon-set-controller",
@@ -193,6 +230,7 @@ pub async fn run(
         registry: ctx.registry.clone(),
         options: Arc::new(options),
         token: ctx.token.clone(),
+        pods_by_node: Arc::default(),
     };
     let credentials = cc.options.use_service_account_credentials.then(|| {
         ServiceAccountCredentials::new(

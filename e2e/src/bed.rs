@@ -79,6 +79,8 @@ pub struct Bed {
 }
 
 pub const CLUSTER_NAME: &str = "ferrite-testbed";
+/// The taint the apiserver puts on new nodes until the node-lifecycle controller sees them Ready.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 /// kwok manages the nodes that carry this annotation.
 pub const KWOK_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 
@@ -161,13 +163,17 @@ impl Bed {
         self.create_nodes(&client).await?;
         self.wait_nodes_ready(&client, Duration::from_secs(120))
             .await?;
-        if self.opts.controller_manager != Component::Stock {
+        let lifts_taints = self.controller_manager_runs_node_lifecycle();
+        if !lifts_taints {
             self.clear_not_ready_taints(&client).await?;
         }
         tracing::info!(elapsed = ?started.elapsed(), nodes = self.opts.nodes, "nodes ready");
         if self.opts.controller_manager != Component::None {
             self.start_controller_manager(self.opts.controller_manager, &client)
                 .await?;
+        }
+        if lifts_taints {
+            self.wait_not_ready_taints_lifted(&client).await?;
         }
         if self.opts.scheduler != Component::None {
             self.start_scheduler(self.opts.scheduler, &client).await?;
@@ -419,10 +425,27 @@ impl Bed {
         Ok(())
     }
 
+    /// Whether the bed's controller manager (stock or Ferrite) runs the node-lifecycle
+    /// controller, judged from its `--controllers` flags.
+    pub fn controller_manager_runs_node_lifecycle(&self) -> bool {
+        let component = self.opts.controller_manager;
+        if component == Component::None {
+            return false;
+        }
+        let controllers: Vec<String> = self
+            .controller_manager_args(component, 0)
+            .iter()
+            .filter_map(|a| a.strip_prefix("--controllers="))
+            .flat_map(|v| v.split(',').map(str::to_owned))
+            .collect();
+        ferrite_controllers::names::enabled(&controllers)
+            .is_ok_and(|on| on.contains(ferrite_controllers::node_lifecycle::NAME))
+    }
+
     /// The apiserver's TaintNodesByCondition admission taints every new node
-    /// `node.kubernetes.io/not-ready:NoSchedule`; kube-controller-manager's node-lifecycle
-    /// controller lifts it once the node is Ready. Ferrite has no node-lifecycle controller yet, so
-    /// without the stock controller manager the bed lifts it itself, or no pod could be scheduled.
+    /// `node.kubernetes.io/not-ready:NoSchedule`; the node-lifecycle controller lifts it once the
+    /// node is Ready. A bed whose controller manager does not run that controller (none at all, or
+    /// one told to run only some controllers) lifts it itself, or no pod could be scheduled.
     async fn clear_not_ready_taints(&self, client: &kube::Client) -> Result<()> {
         let nodes: Api<Node> = Api::all(client.clone());
         let list = nodes.list(&ListParams::default()).await?;
@@ -436,7 +459,7 @@ impl Bed {
                         .and_then(|s| s.taints)
                         .unwrap_or_default()
                         .into_iter()
-                        .filter(|t| t.key != "node.kubernetes.io/not-ready")
+                        .filter(|t| t.key != NOT_READY_TAINT)
                         .collect();
                     let patch = serde_json::json!({"spec": {"taints": taints}});
                     nodes
@@ -454,6 +477,26 @@ impl Bed {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    /// Waits until the controller manager's node-lifecycle controller has lifted the not-ready
+    /// taint from every node, so that the bed is schedulable when `up` returns.
+    async fn wait_not_ready_taints_lifted(&self, client: &kube::Client) -> Result<()> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        self.wait_for("controller-manager", Duration::from_secs(60), || {
+            let nodes = nodes.clone();
+            async move {
+                let list = nodes.list(&ListParams::default()).await.ok()?;
+                let tainted = list.items.iter().any(|n| {
+                    n.spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|ts| ts.iter().any(|t| t.key == NOT_READY_TAINT))
+                });
+                (!tainted).then_some(())
+            }
+        })
+        .await
     }
 
     pub async fn wait_nodes_ready(&self, client: &kube::Client, timeout: Duration) -> Result<()> {
@@ -832,6 +875,39 @@ mod tests {
         assert_eq!(
             with_extra(base, &extra),
             strings(&["--v=2", "--root-ca-file=", "--controllers=job"])
+        );
+    }
+
+    fn bed_with(cm: Component, ferrite_args: &[&str], stock_args: &[&str]) -> Bed {
+        let mut opts = BedOptions::new("/nonexistent");
+        opts.controller_manager = cm;
+        opts.ferrite_args = strings(ferrite_args);
+        opts.stock_controller_manager_args = strings(stock_args);
+        Bed {
+            dir: opts.dir.clone(),
+            opts,
+            mode: Mode::Attached,
+            state: Mutex::new(BedState::default()),
+            procs: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn the_bed_lifts_the_not_ready_taint_only_where_no_node_lifecycle_controller_runs() {
+        assert!(!bed_with(Component::None, &[], &[]).controller_manager_runs_node_lifecycle());
+        assert!(bed_with(Component::Ferrite, &[], &[]).controller_manager_runs_node_lifecycle());
+        assert!(bed_with(Component::Stock, &[], &[]).controller_manager_runs_node_lifecycle());
+        assert!(
+            !bed_with(Component::Ferrite, &["--controllers=job"], &[])
+                .controller_manager_runs_node_lifecycle()
+        );
+        assert!(
+            !bed_with(Component::Stock, &[], &["--controllers=*,-nodelifecycle"])
+                .controller_manager_runs_node_lifecycle()
+        );
+        assert!(
+            bed_with(Component::Stock, &[], &["--controllers=*,-deployment"])
+                .controller_manager_runs_node_lifecycle()
         );
     }
 
