@@ -17,6 +17,8 @@
 use k8s_openapi::api::core::v1::{ContainerState, PodCondition, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 /// A pod, as the controller manager caches it.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -45,9 +47,14 @@ pub struct PodSpec {
     pub init_containers: Option<Vec<Container>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
-    /// Read by the taint-eviction controller.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tolerations: Option<Vec<Toleration>>,
+    /// Read by the taint-eviction controller. Shared: admission gives every pod the same two
+    /// default tolerations, and the pods of one template carry identical lists.
+    #[serde(
+        default,
+        deserialize_with = "shared_tolerations",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tolerations: Option<Arc<[Toleration]>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -132,6 +139,55 @@ fn exact_opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
         v.shrink_to_fit();
     }
     Ok(v)
+}
+
+/// One copy of each distinct value among the cached pods. Entries are weak, so a value no pod
+/// holds any more is dropped at the next sweep; a sweep runs whenever the table has doubled
+/// since the last one, which keeps it proportional to the distinct values in use.
+struct Interner<T: ?Sized> {
+    table: Mutex<(HashMap<String, Weak<T>>, usize)>,
+}
+
+impl<T: ?Sized> Interner<T> {
+    fn new() -> Self {
+        Interner {
+            table: Mutex::new((HashMap::new(), 0)),
+        }
+    }
+
+    /// The shared copy of the value whose canonical JSON is `key`, made by `make` if none is held.
+    fn get(&self, key: String, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        let mut guard = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (table, swept_at) = &mut *guard;
+        if let Some(shared) = table.get(&key).and_then(Weak::upgrade) {
+            return shared;
+        }
+        let value = make();
+        table.insert(key, Arc::downgrade(&value));
+        if table.len() > 2 * *swept_at + 64 {
+            table.retain(|_, w| w.strong_count() > 0);
+            *swept_at = table.len();
+        }
+        value
+    }
+}
+
+static TOLERATIONS: LazyLock<Interner<[Toleration]>> = LazyLock::new(Interner::new);
+
+fn shared_tolerations<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Arc<[Toleration]>>, D::Error> {
+    let Some(list) = Option::<Vec<Toleration>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    // Serialising a decoded list cannot fail; the fallback only skips the sharing.
+    let Ok(key) = serde_json::to_string(&list) else {
+        return Ok(Some(list.into()));
+    };
+    Ok(Some(TOLERATIONS.get(key, || list.into())))
 }
 
 fn state<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<ContainerState>>, D::Error> {
@@ -223,7 +279,9 @@ mod tests {
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.containers[0].name, "app");
         assert_eq!(
-            spec.tolerations.as_ref().and_then(|t| t[0].key.as_deref()),
+            spec.tolerations
+                .as_deref()
+                .and_then(|t| t[0].key.as_deref()),
             Some("k")
         );
         assert_eq!(
@@ -254,6 +312,37 @@ mod tests {
         let full: k8s_openapi::api::core::v1::Pod = serde_json::from_value(full_pod()).unwrap();
         let direct: Pod = serde_json::from_value(full_pod()).unwrap();
         assert_eq!(Pod::from_full(&full), direct);
+    }
+
+    #[test]
+    fn pods_with_the_same_tolerations_share_one_copy_and_different_ones_do_not() {
+        let a: Pod = serde_json::from_value(full_pod()).unwrap();
+        let b: Pod = serde_json::from_value(full_pod()).unwrap();
+        let mut other = full_pod();
+        other["spec"]["tolerations"] = json!([{"key": "other", "operator": "Exists"}]);
+        let c: Pod = serde_json::from_value(other).unwrap();
+        let tolerations = |p: &Pod| p.spec.as_ref().unwrap().tolerations.clone().unwrap();
+        assert!(Arc::ptr_eq(&tolerations(&a), &tolerations(&b)));
+        assert!(!Arc::ptr_eq(&tolerations(&a), &tolerations(&c)));
+        assert_eq!(tolerations(&c)[0].key.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn the_interner_forgets_values_nobody_holds() {
+        let interner: Interner<str> = Interner::new();
+        let kept = interner.get("kept".into(), || Arc::from("kept"));
+        for i in 0..1000 {
+            let key = format!("gone-{i}");
+            drop(interner.get(key.clone(), || Arc::from(key.as_str())));
+        }
+        let table = interner.table.lock().unwrap();
+        assert!(table.0.len() < 200, "{} entries kept", table.0.len());
+        assert!(table.0.contains_key("kept"));
+        drop(table);
+        assert!(Arc::ptr_eq(
+            &kept,
+            &interner.get("kept".into(), || Arc::from("again"))
+        ));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct BedOptions {
     /// Extra flags for the stock controller manager, e.g. `--controllers=*,-deployment` to leave
     /// one controller to a Ferrite controller manager started beside it.
     pub stock_controller_manager_args: Vec<String>,
+    /// Extra flags for the apiserver, e.g. `--feature-gates=…`.
+    pub apiserver_args: Vec<String>,
 }
 
 impl BedOptions {
@@ -55,6 +57,7 @@ impl BedOptions {
             complete_job_pods: true,
             ferrite_args: Vec::new(),
             stock_controller_manager_args: Vec::new(),
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -337,6 +340,7 @@ impl Bed {
             // after SIGTERM; with it, in-flight requests get 2 s and new ones a 429 + Retry-After.
             "--shutdown-send-retry-after=true".into(),
         ]);
+        cmd.args(&self.opts.apiserver_args);
         cmd
     }
 

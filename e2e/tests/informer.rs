@@ -1,7 +1,7 @@
 //! The shared informer rides out an apiserver restart: its cache keeps serving while the
 //! apiserver is gone, and once it is back the informer reconnects (resuming the watch, or relisting
 //! when the resourceVersion is too old) and reports every later change, as client-go's reflector
-//! does.
+//! does. It also syncs against an apiserver that refuses streaming lists.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -207,5 +207,44 @@ async fn informer_keeps_its_cache_through_an_apiserver_restart_and_reports_every
             ],
         "the informer reported {since:?} after the restart"
     );
+    Ok(())
+}
+
+/// The informer asks for a streaming list (a watch with `sendInitialEvents`); an apiserver with
+/// the WatchList feature off rejects that request, and the informer lists instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informer_lists_when_the_apiserver_refuses_streaming_lists() -> Result<()> {
+    let bed = PrivateBed::start(|mut o| {
+        o.nodes = 1;
+        o.apiserver_args = vec!["--feature-gates=WatchList=false".into()];
+        o
+    })
+    .await?;
+    let client = bed.client().await?;
+    let ns = testing::namespace(&client, "informer-list").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    cms.create(&PostParams::default(), &config_map("listed")?)
+        .await?;
+
+    let factory = InformerFactory::new(client_from(&bed.kubeconfig()).await?);
+    let informer = factory.informer::<ConfigMap>();
+    let shutdown = CancellationToken::new();
+    let _stop_informers = shutdown.clone().drop_guard();
+    factory.start(shutdown);
+    tokio::time::timeout(Duration::from_secs(30), factory.wait_for_cache_sync()).await?;
+    ensure!(
+        cached_names(&informer, &ns) == ["listed"],
+        "cached after sync: {:?}",
+        cached_names(&informer, &ns)
+    );
+    cms.create(&PostParams::default(), &config_map("watched")?)
+        .await?;
+    eventually(
+        "the informer to see `watched`",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { (cached_names(&informer, &ns) == ["listed", "watched"]).then_some(()) },
+    )
+    .await?;
     Ok(())
 }

@@ -3,10 +3,15 @@
 //! reflector store of `Arc<K>`) and calls registered handlers with add/update/delete changes, so
 //! controllers only map changes to work-queue keys.
 //!
-//! The watch is kube-runtime's watcher: initial list served from the apiserver's cache
-//! (resourceVersion=0, like client-go's reflector), watch bookmarks, and a relist when the
-//! resourceVersion is too old (410). A relist is reconciled against the cache, so objects deleted
-//! while the watch was down are reported as deletions, as client-go's DeltaFIFO Replace does.
+//! The watch is kube-runtime's watcher with streaming lists (a watch with `sendInitialEvents`,
+//! as client-go's reflector does with its WatchListClient feature): the initial state arrives
+//! object by object instead of as one list response holding every object at once, which would
+//! be the process's peak memory on a large cluster (the apiserver ignores `limit` on lists served
+//! from its cache). An apiserver that refuses streaming lists gets a list served from its cache
+//! (resourceVersion=0) instead. Watch bookmarks are on, and a too-old resourceVersion (410)
+//! starts the initial state over. Starting over is reconciled against the cache, so objects
+//! deleted while the watch was down are reported as deletions, as client-go's DeltaFIFO Replace
+//! does.
 //!
 //! Each cache keeps a namespace index (upstream `cache.NamespaceIndex`), so a controller lists
 //! one namespace's objects without scanning the cluster's.
@@ -35,8 +40,8 @@ pub enum Change<'a, K> {
 
 type Handler<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
 
-/// During a relist: the keys listed so far and the objects in list order.
-type Relist<K> = (HashSet<ObjectRef<K>>, Vec<Arc<K>>);
+/// While the initial state is delivered: the keys seen so far, and in delivery order.
+type Relist<K> = (HashSet<ObjectRef<K>>, Vec<ObjectRef<K>>);
 
 pub trait Watched:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
@@ -179,8 +184,12 @@ where
         let Some(mut writer) = self.shared.writer.lock().ok().and_then(|mut w| w.take()) else {
             return;
         };
-        let config = watcher::Config::default().any_semantic();
-        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut streaming = true;
+        let mut stream =
+            watcher::watcher(api.clone(), watcher::Config::default().streaming_lists())
+                .default_backoff()
+                .boxed();
+        let mut synced = false;
         // Keys seen during a relist, to report what vanished while we were not watching.
         let mut relist: Option<Relist<K>> = None;
         loop {
@@ -191,6 +200,15 @@ where
             let Some(event) = event else { return };
             let mut event = match event {
                 Ok(e) => e,
+                Err(e) if streaming && !synced && refuses_streaming_lists(&e) => {
+                    tracing::info!(kind = %K::kind(&()), error = %e, "the apiserver refuses streaming lists; listing instead");
+                    streaming = false;
+                    let config = watcher::Config::default().any_semantic();
+                    stream = watcher::watcher(api.clone(), config)
+                        .default_backoff()
+                        .boxed();
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
                     continue;
@@ -221,11 +239,13 @@ where
                 Event::InitApply(obj) => {
                     writer.apply_watcher_event(&event);
                     if let Some((seen, applied)) = relist.as_mut() {
-                        seen.insert(ObjectRef::from_obj(obj));
-                        applied.push(Arc::new(obj.clone()));
+                        let key = ObjectRef::from_obj(obj);
+                        seen.insert(key.clone());
+                        applied.push(key);
                     }
                 }
                 Event::InitDone => {
+                    synced = true;
                     let before = self.shared.store.state();
                     writer.apply_watcher_event(&event);
                     self.reindex();
@@ -234,11 +254,11 @@ where
                             .into_iter()
                             .map(|o| (ObjectRef::from_obj(o.as_ref()), o))
                             .collect();
-                        for new in &applied {
-                            self.notify_upsert(
-                                old.get(&ObjectRef::from_obj(new.as_ref())).cloned(),
-                                new,
-                            );
+                        // Handlers get the objects now cached, not copies kept on the way.
+                        for key in &applied {
+                            if let Some(new) = self.shared.store.get(key) {
+                                self.notify_upsert(old.get(key).cloned(), &new);
+                            }
                         }
                         for (key, gone) in &old {
                             if !seen.contains(key) {
@@ -261,6 +281,19 @@ where
             None => self.dispatch(Change::Added(new)),
         }
     }
+}
+
+/// Whether a watch error says the apiserver does not serve streaming lists (the WatchList
+/// feature gate off, or a server older than it): a request it rejects as invalid or bad, rather
+/// than one that may succeed on retry.
+fn refuses_streaming_lists(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return false,
+    };
+    matches!(code, 400 | 422)
 }
 
 /// Drops `metadata.managedFields` before an object is cached, as kube-scheduler and
