@@ -169,8 +169,9 @@ async fn a_local_node_hosts_ferrite_recovers_it_and_leaves_nothing_behind() -> R
         );
     }
 
-    // A user's Deployment: Ferrite's deployment and replicaset controllers and its scheduler
-    // make its pods, the kubelet runs them.
+    // A user's Deployment, with no tolerations: Ferrite's node-lifecycle controller lifts the
+    // not-ready taint the apiserver put on the new node, Ferrite's deployment and replicaset
+    // controllers and its scheduler make its pods, the kubelet runs them.
     let ns = testing::namespace(&client, "selfhost").await?;
     let sandbox = sandbox_image(&dir)?;
     let web: Deployment = serde_json::from_value(json!({
@@ -181,8 +182,6 @@ async fn a_local_node_hosts_ferrite_recovers_it_and_leaves_nothing_behind() -> R
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
-                    // No node-lifecycle controller lifts the not-ready taint on this node yet.
-                    "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}],
                     "containers": [{"name": "pause", "image": sandbox, "imagePullPolicy": "Never"}],
                 },
             },

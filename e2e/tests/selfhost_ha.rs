@@ -114,7 +114,6 @@ fn workload() -> Result<Deployment> {
                     "nodeSelector": {"type": "kwok"},
                     "tolerations": [
                         {"key": FAKE_TAINT, "operator": "Exists"},
-                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists"},
                     ],
                     "containers": [{"name": "c", "image": "fake-image"}],
                 },
