@@ -4,6 +4,8 @@
 //!   ferrite scheduler [flags]            kube-scheduler's replacement
 //!   ferrite bootstrap up|recover|down    a local self-hosted node (etcd and kube-apiserver as
 //!                                        static pods, Ferrite as its own Deployments)
+//!   ferrite crds [--output-dir DIR]      the CustomResourceDefinitions of Ferrite's
+//!                                        configuration (config.ferrite.dev), as YAML
 
 use std::path::PathBuf;
 
@@ -32,6 +34,17 @@ enum Command {
     /// Bring up, recover or remove a self-hosted control plane on this machine.
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
+    /// Print the CustomResourceDefinitions of Ferrite's configuration (ControllerConfiguration,
+    /// SchedulerProfile), generated from their Rust types.
+    Crds(CrdsArgs),
+}
+
+#[derive(Args)]
+struct CrdsArgs {
+    /// Write one file per CRD (`<group>_<plural>.yaml`) into this directory instead of printing
+    /// them all to stdout.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +141,25 @@ struct ControllerManagerArgs {
     /// starts deleting terminated pods. If <= 0, the terminated pod garbage collector is disabled.
     #[arg(long, default_value_t = 12500)]
     terminated_pod_gc_threshold: i64,
+    /// The number of deployment objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_deployment_syncs: i32,
+    /// The number of replica sets that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_replicaset_syncs: i32,
+    /// The number of job objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_job_syncs: i32,
+    /// The number of cron job objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_cron_job_syncs: i32,
+    /// The number of garbage collector workers that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_gc_syncs: i32,
+    /// The number of TTL-after-finished controller workers that are allowed to sync
+    /// concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_ttl_after_finished_syncs: i32,
     /// klog verbosity; maps onto log levels (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -204,6 +236,7 @@ fn main() {
         Command::ControllerManager(args) => controller_manager(args),
         Command::Scheduler(args) => scheduler(args),
         Command::Bootstrap(cmd) => bootstrap(cmd),
+        Command::Crds(args) => crds(args),
     };
     std::process::exit(code);
 }
@@ -258,15 +291,75 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
         use_service_account_credentials: args.use_service_account_credentials,
-        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         client_ca: None,
+    };
+    // The flags are the base; the ControllerConfiguration named `default` overrides them while
+    // the manager runs. The value parsers keep the counts at 1 or more.
+    let count = |n: i32| usize::try_from(n).unwrap_or(1);
+    let settings = ferrite_controllers::configuration::ControllerSettings {
+        enabled,
+        concurrent_deployment_syncs: count(args.concurrent_deployment_syncs),
+        concurrent_replicaset_syncs: count(args.concurrent_replicaset_syncs),
+        concurrent_job_syncs: count(args.concurrent_job_syncs),
+        concurrent_cron_job_syncs: count(args.concurrent_cron_job_syncs),
+        concurrent_gc_syncs: count(args.concurrent_gc_syncs),
+        concurrent_ttl_after_finished_syncs: count(args.concurrent_ttl_after_finished_syncs),
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        ..Default::default()
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(
         &CONTROLLER_MANAGER,
         args.common,
-        move |ctx| ferrite_controllers::manager::run(ctx, enabled, options),
+        move |ctx| ferrite_controllers::manager::run(ctx, settings, options),
     ))
+}
+
+/// The CRDs `ferrite crds` prints: (file name, YAML document).
+fn crd_documents() -> Result<Vec<(String, String)>, String> {
+    use ferrite_controllers::configuration::ControllerConfiguration;
+    use ferrite_scheduler::profiles::SchedulerProfile;
+    use kube::CustomResourceExt;
+    [ControllerConfiguration::crd(), SchedulerProfile::crd()]
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
+            let yaml = serde_yaml::to_string(&crd).map_err(|e| e.to_string())?;
+            Ok((
+                file,
+                format!(
+                    "# Generated by `ferrite crds` from Ferrite's Rust types; do not edit.\n{yaml}"
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn crds(args: CrdsArgs) -> i32 {
+    let docs = match crd_documents() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ferrite crds: {e}");
+            return 1;
+        }
+    };
+    match args.output_dir {
+        None => {
+            let all: Vec<String> = docs.into_iter().map(|(_, yaml)| yaml).collect();
+            print!("{}", all.join("---\n"));
+            0
+        }
+        Some(dir) => {
+            for (file, yaml) in docs {
+                let path = dir.join(&file);
+                if let Err(e) = std::fs::write(&path, yaml) {
+                    eprintln!("ferrite crds: writing {}: {e}", path.display());
+                    return 1;
+                }
+            }
+            0
+        }
+    }
 }
 
 /// `charts/ferrite` in the first ancestor of the current directory or of this binary that has
