@@ -414,9 +414,8 @@ pub async fn run(
     // runs, not even for a moment after a leader change.
     let first = tokio::select! {
         () = ctx.token.cancelled() => return Ok(()),
-        s = live_config::synced(&mut config) => s,
+        s = config.synced() => s,
     };
-    config.mark_unchanged();
     let mut settings = Arc::new(in_force(&base, &first));
     warn_unimplemented(&settings);
     let mut manager = Manager {
@@ -440,6 +439,7 @@ pub async fn run(
     for (name, (token, run)) in runs {
         manager.spawn(name, token, run);
     }
+    config.applied(first.version);
 
     let token = manager.ctx.token.clone();
     let mut watching = true;
@@ -452,8 +452,10 @@ pub async fn run(
                     watching = false;
                     continue;
                 }
-                let next = Arc::new(in_force(&base, &config.borrow_and_update()));
+                let snapshot = config.current();
+                let next = Arc::new(in_force(&base, &snapshot));
                 if next == settings {
+                    config.applied(snapshot.version);
                     continue;
                 }
                 if next.enabled != settings.enabled {
@@ -465,6 +467,7 @@ pub async fn run(
                     break;
                 }
                 settings = next;
+                config.applied(snapshot.version);
             }
             Some(done) = manager.tasks.join_next_with_id() => {
                 if let Err(e) = manager.finished(done) {

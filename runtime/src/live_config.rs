@@ -9,6 +9,10 @@
 //! reason and the message), written through the status subresource with the object's
 //! resourceVersion as a precondition, so a write never races a newer spec.
 //!
+//! `Valid=True` means in force: the component acknowledges each new value once it has applied
+//! it ([`Receiver::applied`], e.g. after the controllers it disables have stopped), and the
+//! status is written only then.
+//!
 //! The watch runs inside the component's leader work, so only the leader reads the objects and
 //! writes their status. A cluster without the CRDs (or without the RBAC to read them) leaves the
 //! flags in force; the watch keeps retrying with backoff and picks the objects up once they can
@@ -42,6 +46,9 @@ const MESSAGE_VALID: &str = "the configuration is in force";
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// A status write that failed for another reason than a newer object is retried after this.
 const STATUS_RETRY: Duration = Duration::from_secs(5);
+/// How long a status waits for the component to apply its value; a component that takes
+/// longer gets its status written anyway (the value is in force as soon as it finishes).
+const APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// The status of a configuration object.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -109,6 +116,8 @@ impl<K> ConfigResource for K where
 /// What is in force.
 #[derive(Debug)]
 pub struct InForce<T> {
+    /// Increases with every change; what [`Receiver::applied`] acknowledges.
+    pub version: u64,
     /// False until the first list answered, or failed (then nothing but the flags is in force
     /// until a later list succeeds).
     pub synced: bool,
@@ -116,17 +125,73 @@ pub struct InForce<T> {
     pub values: BTreeMap<String, Arc<T>>,
 }
 
+impl<T> InForce<T> {
+    /// Nothing but the flags.
+    pub fn empty() -> Self {
+        InForce {
+            version: 0,
+            synced: true,
+            values: BTreeMap::new(),
+        }
+    }
+}
+
 impl<T> Clone for InForce<T> {
     fn clone(&self) -> Self {
         InForce {
+            version: self.version,
             synced: self.synced,
             values: self.values.clone(),
         }
     }
 }
 
-/// The receiving end of [`watch`].
-pub type Receiver<T> = channel::Receiver<InForce<T>>;
+/// The component's end of [`watch`]: what is in force, and the acknowledgement that it has
+/// been applied.
+pub struct Receiver<T> {
+    rx: channel::Receiver<InForce<T>>,
+    applied: channel::Sender<u64>,
+}
+
+impl<T> Receiver<T> {
+    /// Waits until the first list has answered (or failed) and returns what is in force then.
+    pub async fn synced(&mut self) -> InForce<T> {
+        if self.rx.wait_for(|s| s.synced).await.is_err() {
+            // The watch ended (shutdown): nothing but the flags.
+            return InForce::empty();
+        }
+        // Once synced, always synced: the newest value is as good, and reading it marks it
+        // seen, so no change slips between the wait and the read.
+        self.current()
+    }
+
+    /// Waits for a change; Err once the watch has ended.
+    pub async fn changed(&mut self) -> Result<(), channel::error::RecvError> {
+        self.rx.changed().await
+    }
+
+    /// Whether a change has not been read yet.
+    pub fn has_changed(&self) -> bool {
+        self.rx.has_changed().unwrap_or(false)
+    }
+
+    /// What is in force now, marking it read.
+    pub fn current(&mut self) -> InForce<T> {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Tells the watch that `version` has been put in force: the statuses reporting it are
+    /// written now.
+    pub fn applied(&self, version: u64) {
+        self.applied.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
+    }
+}
 
 /// Watches every object of kind `K` until `token` is cancelled; `validate` turns an object into
 /// the value it puts in force, or says why it cannot.
@@ -137,30 +202,22 @@ where
     V: Fn(&K) -> Result<T, Invalid> + Send + Sync + 'static,
 {
     let (tx, rx) = channel::channel(InForce {
+        version: 0,
         synced: false,
         values: BTreeMap::new(),
     });
+    let (applied, applied_rx) = channel::channel(0);
     let watcher = Watcher {
         api: Api::<K>::all(client),
         validate,
         tracked: BTreeMap::new(),
         synced: false,
+        version: 0,
         tx,
+        applied: applied_rx,
     };
     tokio::spawn(watcher.run(token));
-    rx
-}
-
-/// Waits until the first list has answered (or failed), and returns what is in force then.
-pub async fn synced<T>(rx: &mut Receiver<T>) -> InForce<T> {
-    match rx.wait_for(|s| s.synced).await {
-        Ok(s) => s.clone(),
-        // The watch ended (shutdown): nothing but the flags.
-        Err(_) => InForce {
-            synced: true,
-            values: BTreeMap::new(),
-        },
-    }
+    Receiver { rx, applied }
 }
 
 /// One object as last seen, and the verdict on its latest generation.
@@ -178,7 +235,9 @@ struct Watcher<K: ConfigResource, T, V> {
     validate: V,
     tracked: BTreeMap<String, Tracked<K, T>>,
     synced: bool,
+    version: u64,
     tx: channel::Sender<InForce<T>>,
+    applied: channel::Receiver<u64>,
 }
 
 fn identity<K: Resource>(obj: &K) -> (String, String, i64) {
@@ -242,16 +301,18 @@ where
                     continue;
                 }
             };
+            // Objects whose status to write once the component has applied what is published.
+            let mut report = Vec::new();
             match event {
                 Event::Init => relist = Some(BTreeSet::new()),
                 Event::InitApply(obj) => {
+                    let name = obj.meta().name.clone().unwrap_or_default();
                     if let Some(seen) = relist.as_mut() {
-                        seen.insert(obj.meta().name.clone().unwrap_or_default());
+                        seen.insert(name.clone());
                     }
-                    let name = self.observe(obj);
-                    if !self.sync_status(&name).await {
-                        retry.insert(name);
-                    }
+                    self.observe(obj);
+                    // Reported with the whole list, at InitDone.
+                    retry.insert(name);
                 }
                 Event::InitDone => {
                     if let Some(seen) = relist.take() {
@@ -259,14 +320,17 @@ where
                         retry.retain(|name| seen.contains(name));
                     }
                     self.synced = true;
-                    self.publish();
+                    let version = self.publish();
+                    self.wait_applied(version, &token).await;
+                    report.extend(std::mem::take(&mut retry));
                 }
                 Event::Apply(obj) => {
-                    let name = self.observe(obj);
-                    self.publish();
-                    if !self.sync_status(&name).await {
-                        retry.insert(name);
+                    let (name, changed) = self.observe(obj);
+                    if changed {
+                        let version = self.publish();
+                        self.wait_applied(version, &token).await;
                     }
+                    report.push(name);
                 }
                 Event::Delete(obj) => {
                     let name = obj.meta().name.clone().unwrap_or_default();
@@ -277,11 +341,31 @@ where
                     self.publish();
                 }
             }
+            for name in report {
+                if !self.sync_status(&name).await {
+                    retry.insert(name);
+                }
+            }
         }
     }
 
-    /// Records the object and judges its generation if it is new. Returns its name.
-    fn observe(&mut self, obj: K) -> String {
+    /// Waits until the component has applied `version` (bounded: a slow component must not
+    /// keep statuses from being written for long).
+    async fn wait_applied(&mut self, version: u64, token: &CancellationToken) {
+        let wait = self.applied.wait_for(|v| *v >= version);
+        tokio::select! {
+            () = token.cancelled() => {}
+            r = tokio::time::timeout(APPLY_WAIT, wait) => {
+                if r.is_err() {
+                    tracing::warn!(kind = %K::kind(&()), version, "the component has not applied the configuration yet; writing the statuses anyway");
+                }
+            }
+        }
+    }
+
+    /// Records the object and judges its generation if it is new. Returns its name and whether
+    /// what it puts in force changed.
+    fn observe(&mut self, obj: K) -> (String, bool) {
         let kind = K::kind(&());
         let (name, uid, generation) = identity(&obj);
         let obj = Arc::new(obj);
@@ -289,7 +373,7 @@ where
         match self.tracked.get_mut(&name) {
             Some(t) if t.evaluated == key => {
                 t.object = obj;
-                return name;
+                return (name, false);
             }
             _ => {}
         }
@@ -299,15 +383,15 @@ where
             .remove(&name)
             .filter(|t| t.evaluated.0 == uid)
             .and_then(|t| t.in_force);
-        let (verdict, in_force) = match verdict {
+        let (verdict, in_force, changed) = match verdict {
             Ok(value) => {
-                tracing::info!(%kind, %name, generation, "configuration is in force");
-                (Ok(()), Some(Arc::new(value)))
+                tracing::info!(%kind, %name, generation, "configuration accepted");
+                (Ok(()), Some(Arc::new(value)), true)
             }
             Err(invalid) => {
                 tracing::warn!(%kind, %name, generation, reason = %invalid.reason, message = %invalid.message,
                     "configuration refused; the previous configuration stays in force");
-                (Err(invalid), previous)
+                (Err(invalid), previous, false)
             }
         };
         self.tracked.insert(
@@ -319,19 +403,23 @@ where
                 in_force,
             },
         );
-        name
+        (name, changed)
     }
 
-    fn publish(&self) {
+    /// Publishes what is in force; returns its version.
+    fn publish(&mut self) -> u64 {
         let values = self
             .tracked
             .iter()
             .filter_map(|(name, t)| Some((name.clone(), t.in_force.clone()?)))
             .collect();
+        self.version += 1;
         self.tx.send_replace(InForce {
+            version: self.version,
             synced: self.synced,
             values,
         });
+        self.version
     }
 
     /// Writes the object's status when it does not tell the verdict yet. False when the write

@@ -452,9 +452,8 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
     // The first answer decides the profiles of the first cycle.
     let first = tokio::select! {
         () = ctx.token.cancelled() => return Ok(()),
-        s = live_config::synced(&mut profile_objects) => s,
+        s = profile_objects.synced() => s,
     };
-    profile_objects.mark_unchanged();
     let mut in_force = Profiles::new(&profiles::in_force(&config, &first));
     let profile_names = in_force.names();
     let shared = Arc::new(Shared {
@@ -529,12 +528,18 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
     // `nextStartNodeIndex` belongs to the scheduler, shared by its profiles.
     let mut next_start_node_index = 0;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    profile_objects.applied(first.version);
     let mut watching = true;
     loop {
         // A profile change applies from the next cycle on.
-        if watching && profile_objects.has_changed().unwrap_or(false) {
-            let next = profiles::in_force(&config, &profile_objects.borrow_and_update());
-            in_force.update(&next, &binder, &ctx.events);
+        if watching && profile_objects.has_changed() {
+            let snapshot = profile_objects.current();
+            in_force.update(
+                &profiles::in_force(&config, &snapshot),
+                &binder,
+                &ctx.events,
+            );
+            profile_objects.applied(snapshot.version);
         }
         let popped = lock(&shared.queue).pop(Instant::now());
         let Some(qp) = popped else {
@@ -544,8 +549,9 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
                 changed = profile_objects.changed(), if watching => {
                     match changed {
                         Ok(()) => {
-                            let next = profiles::in_force(&config, &profile_objects.borrow_and_update());
-                            in_force.update(&next, &binder, &ctx.events);
+                            let snapshot = profile_objects.current();
+                            in_force.update(&profiles::in_force(&config, &snapshot), &binder, &ctx.events);
+                            profile_objects.applied(snapshot.version);
                         }
                         Err(_) => watching = false,
                     }

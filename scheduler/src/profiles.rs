@@ -235,6 +235,7 @@ mod tests {
         // The file's global percentage applies to a profile without its own.
         assert_eq!(c.percentage_of_nodes_to_score, Some(40));
         let snapshot = InForce {
+            version: 1,
             synced: true,
             values: [
                 ("a".to_string(), Arc::new(a)),
@@ -254,6 +255,7 @@ mod tests {
     fn without_objects_the_configurations_profiles_are_in_force() {
         let base = SchedulerConfig::default();
         let snapshot = InForce {
+            version: 1,
             synced: true,
             values: BTreeMap::new(),
         };
