@@ -883,13 +883,15 @@ const CRD_NAMES: [&str; 2] = [
 ];
 
 /// Really creates the chart's CRDs (`charts/ferrite/crds`) on the shared bed, once per test
-/// binary, as `helm install` would before the templates.
+/// binary, as `helm install` would before the templates, with the function `ferrite bootstrap`
+/// uses for them (helm would not upgrade them).
 async fn apply_chart_crds(bed: &Bed) -> Result<()> {
     static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     APPLIED
         .get_or_try_init(|| async {
-            testing::kubectl_apply(bed, &chart_dir().join("crds"))?;
-            testing::crds_established(&bed.client().await?, &CRD_NAMES).await
+            let client = bed.client().await?;
+            ferrite_bootstrap::pivot::apply_chart_crds(&client, &chart_dir()).await?;
+            testing::crds_established(&client, &CRD_NAMES).await
         })
         .await
         .map(|_| ())

@@ -16,7 +16,10 @@
 //!   100 points, far more than the few points a pod's requests move the resource scores.
 //!
 //! One controller manager and one scheduler serve all tests, which share the one `default`
-//! ControllerConfiguration and the `default-scheduler` profile and so run one at a time.
+//! ControllerConfiguration and the `default-scheduler` profile and so run one at a time. They
+//! start before the CRDs exist, as on a cluster where the CRDs are installed later: the flags
+//! are in force until then, and every test also shows that the objects are picked up once the
+//! CRDs can be read.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,17 +97,42 @@ fn configuration_roles() -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-/// Once per test binary: the CRDs from `crds/`, the roles, and the two components.
+/// Once per test binary: the two components, then the CRDs from `crds/` and the roles.
 async fn set_up(bed: &'static Bed) -> Result<()> {
     SETUP
         .get_or_try_init(|| async {
+            // The flags' base: only the serviceaccount controller.
+            bed.start_ferrite(
+                CONTROLLER_MANAGER,
+                "controller-manager",
+                &["--controllers=serviceaccount"],
+            )?;
+            bed.start_ferrite(SCHEDULER, "scheduler", &[])?;
+            // Without the CRDs the flags are in force.
+            let client = bed.client().await?;
+            let ns = testing::namespace(&client, "before-crds").await?;
+            let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+            let acted = eventually(
+                "the controller manager to act on its flags",
+                TIMEOUT,
+                POLL,
+                || {
+                    let accounts = accounts.clone();
+                    async move { accounts.get_opt("default").await.ok()?.map(|_| ()) }
+                },
+            )
+            .await;
+            ensure!(
+                acted.is_ok(),
+                "{acted:?}\n{}",
+                bed.log_tail(CONTROLLER_MANAGER)
+            );
             let applied = testing::kubectl_apply(bed, &repo_root().join("crds"))?;
             ensure!(
                 applied.contains("controllerconfigurations.config.ferrite.dev")
                     && applied.contains("schedulerprofiles.config.ferrite.dev"),
                 "kubectl apply -f crds/: {applied}"
             );
-            let client = bed.client().await?;
             testing::crds_established(
                 &client,
                 &[
@@ -116,13 +144,6 @@ async fn set_up(bed: &'static Bed) -> Result<()> {
             let roles = bed.path("config-crds-roles.json");
             std::fs::write(&roles, configuration_roles().to_string())?;
             testing::kubectl_apply(bed, &roles)?;
-            // The flags' base: only the serviceaccount controller.
-            bed.start_ferrite(
-                CONTROLLER_MANAGER,
-                "controller-manager",
-                &["--controllers=serviceaccount"],
-            )?;
-            bed.start_ferrite(SCHEDULER, "scheduler", &[])?;
             anyhow::Ok(())
         })
         .await?;

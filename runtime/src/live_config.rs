@@ -28,7 +28,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Resource;
 use kube::api::{Api, PostParams};
 use kube::core::object::HasStatus;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -46,6 +45,11 @@ const MESSAGE_VALID: &str = "the configuration is in force";
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// A status write that failed for another reason than a newer object is retried after this.
 const STATUS_RETRY: Duration = Duration::from_secs(5);
+/// Retries of a failing list or watch: from this, doubling, up to the maximum. kube-runtime's
+/// default backoff resets on every event, the relist's start included, so with the CRDs missing
+/// it would list about every second forever.
+const RETRY_FIRST: Duration = Duration::from_millis(800);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long a status waits for the component to apply its value; a component that takes
 /// longer gets its status written anyway (the value is in force as soon as it finishes).
 const APPLY_WAIT: Duration = Duration::from_secs(30);
@@ -257,10 +261,8 @@ where
 {
     async fn run(mut self, token: CancellationToken) {
         let kind = K::kind(&());
-        let stream = watcher::watcher(self.api.clone(), watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        let mut stream = stream;
+        let mut stream = watcher::watcher(self.api.clone(), watcher::Config::default()).boxed();
+        let mut retry_in = RETRY_FIRST;
         // Names seen during a (re)list, to drop what was deleted while the watch was down.
         let mut relist: Option<BTreeSet<String>> = None;
         // Objects whose status write failed for another reason than a newer object.
@@ -282,9 +284,13 @@ where
             let Some(event) = event else { return };
             let event = match event {
                 Ok(e) => {
-                    if failing {
-                        tracing::info!(%kind, "configuration watch recovered");
-                        failing = false;
+                    // A relist's start says nothing yet; its end, or any object, does.
+                    if !matches!(e, Event::Init | Event::InitApply(_)) {
+                        retry_in = RETRY_FIRST;
+                        if failing {
+                            tracing::info!(%kind, "configuration watch recovered");
+                            failing = false;
+                        }
                     }
                     e
                 }
@@ -298,6 +304,11 @@ where
                         self.synced = true;
                         self.publish();
                     }
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(retry_in) => {}
+                    }
+                    retry_in = (retry_in * 2).min(RETRY_MAX);
                     continue;
                 }
             };
