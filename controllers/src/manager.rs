@@ -408,6 +408,7 @@ pub async fn run(
     let mut config = live_config::watch::<ControllerConfiguration, _, _>(
         ctx.client.clone(),
         ctx.token.clone(),
+        ctx.events.for_controller("ferrite-controller-manager"),
         move |obj: &ControllerConfiguration| configuration::resolve(&validate_base, obj),
     );
     // The first answer decides what starts, so a controller the configuration disables never

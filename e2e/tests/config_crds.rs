@@ -30,7 +30,7 @@ use ferrite_e2e::testing::{self, eventually};
 use ferrite_e2e::{Bed, Component};
 use ferrite_runtime::live_config::ConfigStatus;
 use ferrite_scheduler::profiles::{SchedulerProfile, SchedulerProfileSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::object::HasStatus;
 use serde_json::json;
@@ -380,6 +380,25 @@ async fn an_invalid_configuration_is_refused_and_the_previous_one_stays_in_force
         state == "False" && reason == "UnknownController" && message.contains("no-such-controller"),
         "{status:?}"
     );
+    // `kubectl describe` shows it too: a Warning event with the same reason.
+    let events: Api<Event> = Api::namespaced(t.client.clone(), "default");
+    let warned = eventually(
+        "a Warning event on the configuration",
+        TIMEOUT,
+        POLL,
+        || async {
+            let lp = ListParams::default().fields("involvedObject.kind=ControllerConfiguration");
+            events.list(&lp).await.ok()?.items.into_iter().find(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("UnknownController")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("no-such-controller"))
+            })
+        },
+    )
+    .await;
+    ensure!(warned.is_ok(), "{warned:?}");
 
     // The previous configuration keeps working: both controllers still act.
     let ns = t.namespace("kept").await?;

@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EventRecorder;
+
 /// The condition every configuration object carries.
 pub const CONDITION_VALID: &str = "Valid";
 /// The `Valid=True` reason.
@@ -198,8 +200,14 @@ impl<T> Receiver<T> {
 }
 
 /// Watches every object of kind `K` until `token` is cancelled; `validate` turns an object into
-/// the value it puts in force, or says why it cannot.
-pub fn watch<K, T, V>(client: kube::Client, token: CancellationToken, validate: V) -> Receiver<T>
+/// the value it puts in force, or says why it cannot. A refused generation also gets a Warning
+/// event (reason and message as in its condition) from `events`.
+pub fn watch<K, T, V>(
+    client: kube::Client,
+    token: CancellationToken,
+    events: EventRecorder,
+    validate: V,
+) -> Receiver<T>
 where
     K: ConfigResource,
     T: Send + Sync + 'static,
@@ -214,6 +222,7 @@ where
     let watcher = Watcher {
         api: Api::<K>::all(client),
         validate,
+        events,
         tracked: BTreeMap::new(),
         synced: false,
         version: 0,
@@ -237,6 +246,7 @@ struct Tracked<K, T> {
 struct Watcher<K: ConfigResource, T, V> {
     api: Api<K>,
     validate: V,
+    events: EventRecorder,
     tracked: BTreeMap<String, Tracked<K, T>>,
     synced: bool,
     version: u64,
@@ -402,6 +412,8 @@ where
             Err(invalid) => {
                 tracing::warn!(%kind, %name, generation, reason = %invalid.reason, message = %invalid.message,
                     "configuration refused; the previous configuration stays in force");
+                self.events
+                    .warning(obj.as_ref(), &invalid.reason, invalid.message.clone());
                 (Err(invalid), previous, false)
             }
         };

@@ -447,6 +447,7 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
     let mut profile_objects = live_config::watch::<SchedulerProfile, _, _>(
         ctx.client.clone(),
         ctx.token.clone(),
+        ctx.events.for_controller("ferrite-scheduler"),
         move |obj: &SchedulerProfile| profiles::resolve(&validate_config, obj),
     );
     // The first answer decides the profiles of the first cycle.
