@@ -187,12 +187,12 @@ pub struct NodeLifecycleControllerConfiguration {
     /// (`--node-eviction-rate`, default 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub node_eviction_rate: Option<f32>,
+    pub node_eviction_rate: Option<f64>,
     /// Nodes per second whose pods are evicted when their zone is unhealthy
     /// (`--secondary-node-eviction-rate`, default 0.01).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub secondary_node_eviction_rate: Option<f32>,
+    pub secondary_node_eviction_rate: Option<f64>,
     /// Nodes from which a cluster counts as large for eviction (`--large-cluster-size-threshold`,
     /// default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,7 +202,7 @@ pub struct NodeLifecycleControllerConfiguration {
     /// (`--unhealthy-zone-threshold`, default 0.55).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
-    pub unhealthy_zone_threshold: Option<f32>,
+    pub unhealthy_zone_threshold: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -419,9 +419,11 @@ impl NodeLifecycleSettings {
                 Err(e) => Err(bad(field, format!("{s:?}"), &e.to_string())),
             },
         };
-        let rate = |field: &str, v: Option<f32>, current: f32| match v {
+        // Written as JSON numbers (f64, so that 0.1 reads back as 0.1); upstream's fields are
+        // float32.
+        let rate = |field: &str, v: Option<f64>, current: f32| match v {
             None => Ok(current),
-            Some(r) if r.is_finite() && r >= 0.0 => Ok(r),
+            Some(r) if r.is_finite() && r >= 0.0 => Ok(r as f32),
             Some(r) => Err(bad(field, r.to_string(), "must be 0 or greater")),
         };
         let mut out = self.clone();
@@ -468,7 +470,7 @@ impl NodeLifecycleSettings {
                     "must be between 0 and 1",
                 ));
             }
-            out.unhealthy_zone_threshold = t;
+            out.unhealthy_zone_threshold = t as f32;
         }
         Ok(out)
     }

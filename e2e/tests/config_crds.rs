@@ -6,8 +6,10 @@
 //! - a `ControllerConfiguration` that disables a controller stops it (a new namespace gets no
 //!   `default` ServiceAccount while another controller visibly handles that namespace), and
 //!   enabling it again starts it (the namespace gets its account);
-//! - an invalid `ControllerConfiguration` gets `Valid=False` with the reason, the previous
-//!   configuration keeps working, and deleting the object brings the flags back;
+//! - an invalid `ControllerConfiguration` gets `Valid=False` with the reason and a Warning event,
+//!   the previous configuration keeps working, also under a new leader that never saw it valid
+//!   (it reads the spec in force from the status), and deleting the object brings the flags
+//!   back;
 //! - a `SchedulerProfile` that changes a weight or disables a score plugin changes where the
 //!   next pods go. The bed's nodes are identical and empty; node A carries a `PreferNoSchedule`
 //!   taint (TaintToleration, weight 3, scores A 0 and the others 100) and the pods prefer A by
@@ -365,10 +367,10 @@ async fn a_disabled_controller_stops_and_starts_again_when_enabled() -> Result<(
 async fn an_invalid_configuration_is_refused_and_the_previous_one_stays_in_force() -> Result<()> {
     let t = Test::start().await?;
     // In force: both controllers, which the flags alone would not run.
-    let generation = t
+    let valid_generation = t
         .configure(json!({"controllers": ["serviceaccount", "root-ca-cert-publisher"]}))
         .await?;
-    let status = status_for(&t.configurations, "default", generation).await?;
+    let status = status_for(&t.configurations, "default", valid_generation).await?;
     ensure!(valid(&status).0 == "True", "{status:?}");
 
     let generation = t
@@ -400,8 +402,25 @@ async fn an_invalid_configuration_is_refused_and_the_previous_one_stays_in_force
     .await;
     ensure!(warned.is_ok(), "{warned:?}");
 
+    ensure!(
+        status.in_force.as_ref().map(|f| f.generation) == Some(valid_generation),
+        "{status:?}"
+    );
+
     // The previous configuration keeps working: both controllers still act.
     let ns = t.namespace("kept").await?;
+    t.wait_root_ca(&ns).await?;
+    t.wait_default_account(&ns).await?;
+
+    // So it does under a new leader, which only ever sees the invalid generation.
+    t.bed
+        .stop_process(CONTROLLER_MANAGER, Duration::from_secs(10));
+    t.bed.start_ferrite(
+        CONTROLLER_MANAGER,
+        "controller-manager",
+        &["--controllers=serviceaccount"],
+    )?;
+    let ns = t.namespace("new-leader").await?;
     t.wait_root_ca(&ns).await?;
     t.wait_default_account(&ns).await?;
 

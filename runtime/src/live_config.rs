@@ -9,6 +9,11 @@
 //! reason and the message), written through the status subresource with the object's
 //! resourceVersion as a precondition, so a write never races a newer spec.
 //!
+//! The status also records the spec in force (`status.inForce`: its generation and a copy of
+//! it). The apiserver keeps no older generations, so this is what lets a new leader, which finds
+//! the current generation invalid, put the same configuration in force as the old leader had
+//! instead of falling back to the flags.
+//!
 //! `Valid=True` means in force: the component acknowledges each new value once it has applied
 //! it ([`Receiver::applied`], e.g. after the controllers it disables have stopped), and the
 //! status is written only then.
@@ -68,6 +73,25 @@ pub struct ConfigStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The generation in force and a copy of its spec: the last valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<InForceSpec>,
+}
+
+/// A generation and its spec, as recorded in the status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InForceSpec {
+    pub generation: i64,
+    #[schemars(schema_with = "any_object")]
+    pub spec: serde_json::Value,
+}
+
+/// Kept as written: it is the spec of this very kind, whose schema already checked it.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 impl ConfigStatus {
@@ -239,8 +263,16 @@ struct Tracked<K, T> {
     /// (uid, generation) of the verdict.
     evaluated: (String, i64),
     verdict: Result<(), Invalid>,
-    /// The last valid generation's value, for this uid.
-    in_force: Option<Arc<T>>,
+    /// The last valid generation's value and spec, for this uid.
+    in_force: Option<(Arc<T>, InForceSpec)>,
+}
+
+/// The object's spec as JSON.
+fn spec_of<K: Serialize>(obj: &K) -> serde_json::Value {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|mut v| v.get_mut("spec").map(serde_json::Value::take))
+        .unwrap_or_default()
 }
 
 struct Watcher<K: ConfigResource, T, V> {
@@ -327,23 +359,22 @@ where
             match event {
                 Event::Init => relist = Some(BTreeSet::new()),
                 Event::InitApply(obj) => {
-                    let name = obj.meta().name.clone().unwrap_or_default();
+                    // Put in force and reported with the whole list, at InitDone.
                     if let Some(seen) = relist.as_mut() {
-                        seen.insert(name.clone());
+                        seen.insert(obj.meta().name.clone().unwrap_or_default());
                     }
                     self.observe(obj);
-                    // Reported with the whole list, at InitDone.
-                    retry.insert(name);
                 }
                 Event::InitDone => {
-                    if let Some(seen) = relist.take() {
+                    let seen = relist.take();
+                    if let Some(seen) = &seen {
                         self.tracked.retain(|name, _| seen.contains(name));
                         retry.retain(|name| seen.contains(name));
                     }
                     self.synced = true;
                     let version = self.publish();
                     self.wait_applied(version, &token).await;
-                    report.extend(std::mem::take(&mut retry));
+                    report.extend(seen.into_iter().flatten());
                 }
                 Event::Apply(obj) => {
                     let (name, changed) = self.observe(obj);
@@ -407,14 +438,27 @@ where
         let (verdict, in_force, changed) = match verdict {
             Ok(value) => {
                 tracing::info!(%kind, %name, generation, "configuration accepted");
-                (Ok(()), Some(Arc::new(value)), true)
+                let spec = InForceSpec {
+                    generation,
+                    spec: spec_of(obj.as_ref()),
+                };
+                (Ok(()), Some((Arc::new(value), spec)), true)
             }
             Err(invalid) => {
                 tracing::warn!(%kind, %name, generation, reason = %invalid.reason, message = %invalid.message,
                     "configuration refused; the previous configuration stays in force");
                 self.events
                     .warning(obj.as_ref(), &invalid.reason, invalid.message.clone());
-                (Err(invalid), previous, false)
+                // A leader that never saw the previous generation finds it in the status.
+                let (kept, changed) = match previous {
+                    Some(p) => (Some(p), false),
+                    None => {
+                        let recorded = self.recorded(obj.as_ref());
+                        let changed = recorded.is_some();
+                        (recorded, changed)
+                    }
+                };
+                (Err(invalid), kept, changed)
             }
         };
         self.tracked.insert(
@@ -429,12 +473,28 @@ where
         (name, changed)
     }
 
+    /// The value of the spec `obj`'s status records as in force, if it is still valid.
+    fn recorded(&self, obj: &K) -> Option<(Arc<T>, InForceSpec)> {
+        let record = obj.status()?.in_force.clone()?;
+        let mut json = serde_json::to_value(obj).ok()?;
+        json["spec"] = record.spec.clone();
+        let earlier: K = serde_json::from_value(json).ok()?;
+        match (self.validate)(&earlier) {
+            Ok(value) => {
+                tracing::info!(kind = %K::kind(&()), name = ?obj.meta().name, generation = record.generation,
+                    "the generation the status records as in force stays in force");
+                Some((Arc::new(value), record))
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Publishes what is in force; returns its version.
     fn publish(&mut self) -> u64 {
         let values = self
             .tracked
             .iter()
-            .filter_map(|(name, t)| Some((name.clone(), t.in_force.clone()?)))
+            .filter_map(|(name, t)| Some((name.clone(), t.in_force.as_ref()?.0.clone())))
             .collect();
         self.version += 1;
         self.tx.send_replace(InForce {
@@ -453,10 +513,11 @@ where
         };
         let generation = t.evaluated.1;
         let current = t.object.status();
-        if !needs_status_write(current, generation, &t.verdict) {
+        let in_force = t.in_force.as_ref().map(|(_, spec)| spec);
+        if !needs_status_write(current, generation, &t.verdict, in_force) {
             return true;
         }
-        let status = desired_status(current, generation, &t.verdict, now());
+        let status = desired_status(current, generation, &t.verdict, in_force, now());
         let mut updated = (*t.object).clone();
         *updated.status_mut() = Some(status);
         let params = PostParams::default();
@@ -490,17 +551,19 @@ fn verdict_fields(verdict: &Result<(), Invalid>) -> (&'static str, &str, &str) {
     }
 }
 
-/// Whether `current` does not yet report the verdict on `generation`.
+/// Whether `current` does not yet report the verdict on `generation` and the spec in force.
 pub fn needs_status_write(
     current: Option<&ConfigStatus>,
     generation: i64,
     verdict: &Result<(), Invalid>,
+    in_force: Option<&InForceSpec>,
 ) -> bool {
     let Some(current) = current else {
         return true;
     };
     let (status, reason, message) = verdict_fields(verdict);
     current.observed_generation != Some(generation)
+        || current.in_force.as_ref() != in_force
         || !current.condition(CONDITION_VALID).is_some_and(|c| {
             c.status == status
                 && c.reason == reason
@@ -516,11 +579,13 @@ pub fn desired_status(
     current: Option<&ConfigStatus>,
     generation: i64,
     verdict: &Result<(), Invalid>,
+    in_force: Option<&InForceSpec>,
     now: Time,
 ) -> ConfigStatus {
     let (status, reason, message) = verdict_fields(verdict);
     let mut out = current.cloned().unwrap_or_default();
     out.observed_generation = Some(generation);
+    out.in_force = in_force.cloned();
     let transition = match out.condition(CONDITION_VALID) {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => now,
@@ -561,7 +626,7 @@ mod tests {
 
     #[test]
     fn a_fresh_object_gets_valid_true_and_its_generation() {
-        let s = desired_status(None, 3, &Ok(()), at(10));
+        let s = desired_status(None, 3, &Ok(()), None, at(10));
         assert_eq!(s.observed_generation, Some(3));
         let c = s.condition(CONDITION_VALID).expect("a Valid condition");
         assert_eq!(
@@ -574,8 +639,8 @@ mod tests {
 
     #[test]
     fn an_invalid_generation_gets_valid_false_with_reason_and_message() {
-        let before = desired_status(None, 1, &Ok(()), at(10));
-        let s = desired_status(Some(&before), 2, &invalid(), at(20));
+        let before = desired_status(None, 1, &Ok(()), None, at(10));
+        let s = desired_status(Some(&before), 2, &invalid(), None, at(20));
         let c = s.condition(CONDITION_VALID).expect("a Valid condition");
         assert_eq!(c.status, "False");
         assert_eq!(c.reason, "UnknownController");
@@ -586,8 +651,8 @@ mod tests {
 
     #[test]
     fn the_transition_time_stays_while_the_status_does_not_change() {
-        let first = desired_status(None, 1, &Ok(()), at(10));
-        let second = desired_status(Some(&first), 2, &Ok(()), at(20));
+        let first = desired_status(None, 1, &Ok(()), None, at(10));
+        let second = desired_status(Some(&first), 2, &Ok(()), None, at(20));
         assert_eq!(
             second
                 .condition(CONDITION_VALID)
@@ -598,7 +663,7 @@ mod tests {
 
     #[test]
     fn other_conditions_are_kept() {
-        let mut current = desired_status(None, 1, &Ok(()), at(10));
+        let mut current = desired_status(None, 1, &Ok(()), None, at(10));
         current.conditions.push(Condition {
             type_: "Other".into(),
             status: "True".into(),
@@ -607,21 +672,58 @@ mod tests {
             observed_generation: None,
             last_transition_time: at(5),
         });
-        let s = desired_status(Some(&current), 2, &invalid(), at(20));
+        let s = desired_status(Some(&current), 2, &invalid(), None, at(20));
         assert_eq!(s.conditions.len(), 2);
         assert!(s.condition("Other").is_some());
     }
 
     #[test]
     fn a_status_is_written_only_when_it_does_not_tell_the_verdict() {
-        assert!(needs_status_write(None, 1, &Ok(())));
-        let s = desired_status(None, 1, &Ok(()), at(10));
-        assert!(!needs_status_write(Some(&s), 1, &Ok(())));
-        assert!(needs_status_write(Some(&s), 2, &Ok(())));
-        assert!(needs_status_write(Some(&s), 1, &invalid()));
-        let bad = desired_status(Some(&s), 2, &invalid(), at(20));
-        assert!(!needs_status_write(Some(&bad), 2, &invalid()));
+        assert!(needs_status_write(None, 1, &Ok(()), None));
+        let s = desired_status(None, 1, &Ok(()), None, at(10));
+        assert!(!needs_status_write(Some(&s), 1, &Ok(()), None));
+        assert!(needs_status_write(Some(&s), 2, &Ok(()), None));
+        assert!(needs_status_write(Some(&s), 1, &invalid(), None));
+        let bad = desired_status(Some(&s), 2, &invalid(), None, at(20));
+        assert!(!needs_status_write(Some(&bad), 2, &invalid(), None));
         let other = Err(Invalid::new("UnknownController", "another message"));
-        assert!(needs_status_write(Some(&bad), 2, &other));
+        assert!(needs_status_write(Some(&bad), 2, &other, None));
+    }
+
+    #[test]
+    fn the_spec_in_force_is_recorded_and_kept_while_a_later_generation_is_invalid() {
+        let spec = InForceSpec {
+            generation: 1,
+            spec: serde_json::json!({"controllers": ["job"]}),
+        };
+        let good = desired_status(None, 1, &Ok(()), Some(&spec), at(10));
+        assert_eq!(good.in_force.as_ref(), Some(&spec));
+        assert!(!needs_status_write(Some(&good), 1, &Ok(()), Some(&spec)));
+        let bad = desired_status(Some(&good), 2, &invalid(), Some(&spec), at(20));
+        assert_eq!(bad.in_force.as_ref().map(|s| s.generation), Some(1));
+        // A status without the record is rewritten to carry it.
+        let mut stripped = bad.clone();
+        stripped.in_force = None;
+        assert!(needs_status_write(
+            Some(&stripped),
+            2,
+            &invalid(),
+            Some(&spec)
+        ));
+    }
+
+    #[test]
+    fn the_spec_is_taken_from_the_serialized_object() {
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x"}, "data": {"a": "b"}
+        }))
+        .unwrap_or_default();
+        // ConfigMaps have no spec: nothing is recorded.
+        assert_eq!(spec_of(&cm), serde_json::Value::Null);
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": {"nodeName": "n", "containers": []}
+        }))
+        .unwrap_or_default();
+        assert_eq!(spec_of(&pod)["nodeName"], "n");
     }
 }
