@@ -336,30 +336,35 @@ fn crd_documents() -> Result<Vec<(String, String)>, String> {
 }
 
 fn crds(args: CrdsArgs) -> i32 {
-    let docs = match crd_documents() {
-        Ok(d) => d,
+    let written = crd_documents().and_then(|docs| match &args.output_dir {
+        None => {
+            print!("{}", yaml_stream(&docs));
+            Ok(())
+        }
+        Some(dir) => write_crds(dir, &docs),
+    });
+    match written {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("ferrite crds: {e}");
-            return 1;
-        }
-    };
-    match args.output_dir {
-        None => {
-            let all: Vec<String> = docs.into_iter().map(|(_, yaml)| yaml).collect();
-            print!("{}", all.join("---\n"));
-            0
-        }
-        Some(dir) => {
-            for (file, yaml) in docs {
-                let path = dir.join(&file);
-                if let Err(e) = std::fs::write(&path, yaml) {
-                    eprintln!("ferrite crds: writing {}: {e}", path.display());
-                    return 1;
-                }
-            }
-            0
+            1
         }
     }
+}
+
+/// Every CRD as one YAML stream (what `ferrite crds` prints).
+fn yaml_stream(docs: &[(String, String)]) -> String {
+    let all: Vec<&str> = docs.iter().map(|(_, yaml)| yaml.as_str()).collect();
+    all.join("---\n")
+}
+
+/// One file per CRD in `dir` (what `ferrite crds --output-dir` writes).
+fn write_crds(dir: &std::path::Path, docs: &[(String, String)]) -> Result<(), String> {
+    for (file, yaml) in docs {
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `charts/ferrite` in the first ancestor of the current directory or of this binary that has
@@ -526,4 +531,70 @@ fn apply_scheduler_config(
             .unwrap_or(defaults.resource_namespace),
     };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn yaml_files(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect()
+    }
+
+    /// `crds/` and the chart's copy are exactly what `ferrite crds --output-dir` writes: a type
+    /// changed without regenerating them fails here, naming the stale file and the fix.
+    #[test]
+    fn the_committed_crds_are_what_ferrite_crds_generates() {
+        let generated = tempfile::tempdir().expect("a temporary directory");
+        let docs = crd_documents().expect("the CRDs serialize");
+        write_crds(generated.path(), &docs).expect("written");
+        let want = yaml_files(generated.path());
+        assert_eq!(
+            want,
+            BTreeSet::from([
+                "config.ferrite.dev_controllerconfigurations.yaml".to_string(),
+                "config.ferrite.dev_schedulerprofiles.yaml".to_string(),
+            ])
+        );
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for committed in ["crds", "charts/ferrite/crds"] {
+            let dir = repo.join(committed);
+            assert_eq!(
+                yaml_files(&dir),
+                want,
+                "{committed}/ holds other CRD files than `ferrite crds` generates; run `cargo run -- crds --output-dir {committed}` and remove the others"
+            );
+            for file in &want {
+                let fresh =
+                    std::fs::read_to_string(generated.path().join(file)).expect("generated");
+                let old = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                assert!(
+                    old == fresh,
+                    "{committed}/{file} is stale: run `cargo run -- crds --output-dir {committed}`"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ferrite_crds_prints_every_crd_as_one_yaml_stream() {
+        let text = yaml_stream(&crd_documents().expect("the CRDs serialize"));
+        let docs: Vec<&str> = text.split("\n---\n").collect();
+        assert_eq!(docs.len(), 2, "{text}");
+        for (doc, name) in docs.iter().zip([
+            "controllerconfigurations.config.ferrite.dev",
+            "schedulerprofiles.config.ferrite.dev",
+        ]) {
+            assert!(doc.contains("kind: CustomResourceDefinition"), "{doc}");
+            assert!(doc.contains(&format!("name: {name}")), "{doc}");
+            assert!(doc.contains("scope: Cluster"), "{doc}");
+        }
+    }
 }
