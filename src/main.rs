@@ -4,6 +4,8 @@
 //!   ferrite scheduler [flags]            kube-scheduler's replacement
 //!   ferrite bootstrap up|recover|down    a local self-hosted node (etcd and kube-apiserver as
 //!                                        static pods, Ferrite as its own Deployments)
+//!   ferrite crds [--output-dir DIR]      the CustomResourceDefinitions of Ferrite's
+//!                                        configuration (config.ferrite.dev), as YAML
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +35,17 @@ enum Command {
     /// Bring up, recover or remove a self-hosted control plane on this machine.
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
+    /// Print the CustomResourceDefinitions of Ferrite's configuration (ControllerConfiguration,
+    /// SchedulerProfile), generated from their Rust types.
+    Crds(CrdsArgs),
+}
+
+#[derive(Args)]
+struct CrdsArgs {
+    /// Write one file per CRD (`<group>_<plural>.yaml`) into this directory instead of printing
+    /// them all to stdout.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -175,6 +188,25 @@ struct ControllerManagerArgs {
     /// treated as unhealthy.
     #[arg(long, default_value_t = 0.55, allow_negative_numbers = true)]
     unhealthy_zone_threshold: f32,
+    /// The number of deployment objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_deployment_syncs: i32,
+    /// The number of replica sets that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_replicaset_syncs: i32,
+    /// The number of job objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_job_syncs: i32,
+    /// The number of cron job objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_cron_job_syncs: i32,
+    /// The number of garbage collector workers that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_gc_syncs: i32,
+    /// The number of TTL-after-finished controller workers that are allowed to sync
+    /// concurrently.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..))]
+    concurrent_ttl_after_finished_syncs: i32,
     /// klog verbosity; maps onto log levels (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", default_value_t = 2)]
     verbosity: u8,
@@ -251,6 +283,7 @@ fn main() {
         Command::ControllerManager(args) => controller_manager(*args),
         Command::Scheduler(args) => scheduler(*args),
         Command::Bootstrap(cmd) => bootstrap(cmd),
+        Command::Crds(args) => crds(args),
     };
     std::process::exit(code);
 }
@@ -345,9 +378,14 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
         root_ca_file: args.root_ca_file.clone(),
         cluster_name: args.cluster_name.clone(),
         use_service_account_credentials: args.use_service_account_credentials,
-        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         client_ca: None,
-        node_lifecycle: ferrite_controllers::node_lifecycle::NodeLifecycleOptions {
+        node_ipam,
+    };
+    // The flags are the base; the ControllerConfiguration named `default` overrides them while
+    // the manager runs. The value parsers keep the counts at 1 or more.
+    let count = |n: i32| usize::try_from(n).unwrap_or(1);
+    let settings = ferrite_controllers::configuration::ControllerSettings {
+        node_lifecycle: ferrite_controllers::configuration::NodeLifecycleSettings {
             node_monitor_period: args.node_monitor_period,
             node_monitor_grace_period: args.node_monitor_grace_period,
             node_startup_grace_period: args.node_startup_grace_period,
@@ -356,14 +394,73 @@ fn controller_manager(mut args: ControllerManagerArgs) -> i32 {
             large_cluster_size_threshold: args.large_cluster_size_threshold,
             unhealthy_zone_threshold: args.unhealthy_zone_threshold,
         },
-        node_ipam,
+        enabled,
+        concurrent_deployment_syncs: count(args.concurrent_deployment_syncs),
+        concurrent_replicaset_syncs: count(args.concurrent_replicaset_syncs),
+        concurrent_job_syncs: count(args.concurrent_job_syncs),
+        concurrent_cron_job_syncs: count(args.concurrent_cron_job_syncs),
+        concurrent_gc_syncs: count(args.concurrent_gc_syncs),
+        concurrent_ttl_after_finished_syncs: count(args.concurrent_ttl_after_finished_syncs),
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
     };
     component::init_logging(args.verbosity);
     runtime().block_on(component::run(
         &CONTROLLER_MANAGER,
         args.common,
-        move |ctx| ferrite_controllers::manager::run(ctx, enabled, options),
+        move |ctx| ferrite_controllers::manager::run(ctx, settings, options),
     ))
+}
+
+/// The CRDs `ferrite crds` prints: (file name, YAML document).
+fn crd_documents() -> Result<Vec<(String, String)>, String> {
+    use ferrite_controllers::configuration::ControllerConfiguration;
+    use ferrite_scheduler::profiles::SchedulerProfile;
+    use kube::CustomResourceExt;
+    [ControllerConfiguration::crd(), SchedulerProfile::crd()]
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural);
+            let yaml = serde_yaml::to_string(&crd).map_err(|e| e.to_string())?;
+            Ok((
+                file,
+                format!(
+                    "# Generated by `ferrite crds` from Ferrite's Rust types; do not edit.\n{yaml}"
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn crds(args: CrdsArgs) -> i32 {
+    let written = crd_documents().and_then(|docs| match &args.output_dir {
+        None => {
+            print!("{}", yaml_stream(&docs));
+            Ok(())
+        }
+        Some(dir) => write_crds(dir, &docs),
+    });
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ferrite crds: {e}");
+            1
+        }
+    }
+}
+
+/// Every CRD as one YAML stream (what `ferrite crds` prints).
+fn yaml_stream(docs: &[(String, String)]) -> String {
+    let all: Vec<&str> = docs.iter().map(|(_, yaml)| yaml.as_str()).collect();
+    all.join("---\n")
+}
+
+/// One file per CRD in `dir` (what `ferrite crds --output-dir` writes).
+fn write_crds(dir: &std::path::Path, docs: &[(String, String)]) -> Result<(), String> {
+    for (file, yaml) in docs {
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `charts/ferrite` in the first ancestor of the current directory or of this binary that has
@@ -530,4 +627,70 @@ fn apply_scheduler_config(
             .unwrap_or(defaults.resource_namespace),
     };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn yaml_files(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect()
+    }
+
+    /// `crds/` and the chart's copy are exactly what `ferrite crds --output-dir` writes: a type
+    /// changed without regenerating them fails here, naming the stale file and the fix.
+    #[test]
+    fn the_committed_crds_are_what_ferrite_crds_generates() {
+        let generated = tempfile::tempdir().expect("a temporary directory");
+        let docs = crd_documents().expect("the CRDs serialize");
+        write_crds(generated.path(), &docs).expect("written");
+        let want = yaml_files(generated.path());
+        assert_eq!(
+            want,
+            BTreeSet::from([
+                "config.ferrite.dev_controllerconfigurations.yaml".to_string(),
+                "config.ferrite.dev_schedulerprofiles.yaml".to_string(),
+            ])
+        );
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for committed in ["crds", "charts/ferrite/crds"] {
+            let dir = repo.join(committed);
+            assert_eq!(
+                yaml_files(&dir),
+                want,
+                "{committed}/ holds other CRD files than `ferrite crds` generates; run `cargo run -- crds --output-dir {committed}` and remove the others"
+            );
+            for file in &want {
+                let fresh =
+                    std::fs::read_to_string(generated.path().join(file)).expect("generated");
+                let old = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                assert!(
+                    old == fresh,
+                    "{committed}/{file} is stale: run `cargo run -- crds --output-dir {committed}`"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ferrite_crds_prints_every_crd_as_one_yaml_stream() {
+        let text = yaml_stream(&crd_documents().expect("the CRDs serialize"));
+        let docs: Vec<&str> = text.split("\n---\n").collect();
+        assert_eq!(docs.len(), 2, "{text}");
+        for (doc, name) in docs.iter().zip([
+            "controllerconfigurations.config.ferrite.dev",
+            "schedulerprofiles.config.ferrite.dev",
+        ]) {
+            assert!(doc.contains("kind: CustomResourceDefinition"), "{doc}");
+            assert!(doc.contains(&format!("name: {name}")), "{doc}");
+            assert!(doc.contains("scope: Cluster"), "{doc}");
+        }
+    }
 }

@@ -15,8 +15,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde::Deserialize as _;
 
 use crate::certs::CLUSTER_ADMINS_GROUP;
 
@@ -124,6 +126,45 @@ pub fn single_node_values(image: &str, tag: &str, apiserver_host: &str, port: u1
         "apiServer": { "host": apiserver_host, "port": port },
     });
     serde_yaml::to_string(&v).unwrap_or_default()
+}
+
+/// The CustomResourceDefinitions in the chart's `crds/` directory.
+pub fn chart_crds(chart: &Path) -> Result<Vec<CustomResourceDefinition>> {
+    let dir = chart.join("crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut crds = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let crd = CustomResourceDefinition::deserialize(doc)
+                .with_context(|| format!("{} is not a CustomResourceDefinition", file.display()))?;
+            crds.push(crd);
+        }
+    }
+    Ok(crds)
+}
+
+/// Applies the chart's CRDs (server-side apply). Helm installs a chart's `crds/` on the first
+/// install only and never upgrades them, so `up` applies them itself: a re-run with a newer
+/// Ferrite brings its configuration kinds up to date.
+pub async fn apply_chart_crds(client: &kube::Client, chart: &Path) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in chart_crds(chart)? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("ferrite-bootstrap").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying the CRD {name}"))?;
+    }
+    Ok(())
 }
 
 pub fn helm_upgrade(install: &ChartInstall) -> Result<()> {
@@ -395,6 +436,7 @@ pub async fn ensure_ferrite(
     dir: &Path,
     timeout: Duration,
 ) -> Result<PivotReport> {
+    apply_chart_crds(client, &install.chart).await?;
     helm_upgrade(install)?;
     let current = statuses(client).await?;
     let leaders_alive = current.iter().all(|(_, s)| s.leader_pod.is_some());
@@ -453,6 +495,26 @@ pub async fn ensure_ferrite(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_charts_crds_are_read_from_its_crds_directory() {
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(|root| root.join("charts").join("ferrite"))
+            .unwrap_or_default();
+        let crds = chart_crds(&chart).expect("the chart's CRDs parse");
+        let names: Vec<&str> = crds
+            .iter()
+            .filter_map(|c| c.metadata.name.as_deref())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "controllerconfigurations.config.ferrite.dev",
+                "schedulerprofiles.config.ferrite.dev"
+            ]
+        );
+    }
 
     #[test]
     fn a_lease_holder_is_matched_to_the_pod_named_by_its_hostname() {

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod clusterrole_aggregation;
+pub mod configuration;
 pub mod cronjob;
 pub mod deployment;
 pub mod garbage_collector;

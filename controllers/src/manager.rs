@@ -1,13 +1,21 @@
 //! The controller manager: runs every enabled controller Ferrite implements, on one shared set
 //! of informers, while this process leads.
 //!
-//! A controller plugs in with a [`Controller`] entry in [`IMPLEMENTED`]. Its `start` function is
-//! called before the informers start: it asks the shared [`InformerFactory`] for the informers it
-//! needs, registers its handlers, and returns the future that runs its workers until the token is
-//! cancelled. Only after every informer has synced do the workers start, as upstream's
-//! `WaitForNamedCacheSync` has it.
+//! A controller plugs in with a [`Controller`] entry in [`IMPLEMENTED`]. Its `start` function
+//! asks the shared [`InformerFactory`] for the informers it needs, registers its handlers, and
+//! returns the future that runs its workers until its token is cancelled. At start-up the
+//! workers start only after every informer has synced, as upstream's `WaitForNamedCacheSync`
+//! has it.
+//!
+//! What runs follows the settings in force ([`crate::configuration`]): the flags, overridden by
+//! the `ControllerConfiguration` named `default` while it is valid. When they change, a
+//! controller that is no longer enabled is stopped (its token is cancelled, its workers finish
+//! the key in hand and end, its informer handlers are dropped), a newly enabled one is started
+//! (its handlers replay the shared caches, so it catches up at once), and one whose own
+//! settings changed (e.g. its worker count) is stopped and started again with them. Upstream
+//! reads its configuration once at start-up; this is Ferrite's addition.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use crate::cache::Pod;
@@ -18,15 +26,20 @@ use ferrite_runtime::component::Context;
 use ferrite_runtime::credentials::ServiceAccountCredentials;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::informer::InformerFactory;
+use ferrite_runtime::live_config::{self, InForce};
 use ferrite_runtime::metrics::SharedRegistry;
 use ferrite_runtime::workqueue::WorkQueueMetrics;
 use futures::future::BoxFuture;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::configuration::{self, ControllerConfiguration, ControllerSettings};
 
 /// What every controller gets.
 #[derive(Clone)]
 pub struct ControllerContext {
     pub client: kube::Client,
+    /// The shared informers; handlers registered through this handle end with the controller.
     pub informers: Arc<InformerFactory>,
     /// The process recorder; a controller reports as itself with `events.for_controller(name)`.
     pub events: EventRecorder,
@@ -34,10 +47,15 @@ pub struct ControllerContext {
     /// Registered once per process; every work queue passes it to `with_metrics`.
     pub queue_metrics: WorkQueueMetrics,
     pub options: Arc<ManagerOptions>,
-    /// Cancelled when leadership ends or the process shuts down.
+    /// The settings in force when the controller started (a change of the ones it depends on
+    /// restarts it).
+    pub settings: Arc<ControllerSettings>,
+    /// Cancelled when the controller is stopped, leadership ends or the process shuts down.
     pub token: CancellationToken,
     /// The pods-by-node index, made by the first controller that asks for it.
     pods_by_node: Arc<OnceLock<PodsByNode>>,
+    /// The process's informers, unscoped: the index's handler outlives any one controller.
+    process_informers: Arc<InformerFactory>,
 }
 
 impl ControllerContext {
@@ -45,26 +63,23 @@ impl ControllerContext {
     /// which the node-lifecycle and taint-eviction controllers share).
     pub fn pods_by_node(&self) -> PodsByNode {
         self.pods_by_node
-            .get_or_init(|| PodsByNode::new(self.informers.informer::<Pod>()))
+            .get_or_init(|| PodsByNode::new(self.process_informers.informer::<Pod>()))
             .clone()
     }
 }
 
-/// Controller settings from flags (upstream names); grows with the controllers.
+/// Process-wide options from flags, fixed for the process's life; grows with the controllers.
+/// What may change while the manager runs lives in [`ControllerSettings`].
 #[derive(Clone, Debug)]
 pub struct ManagerOptions {
     pub root_ca_file: Option<std::path::PathBuf>,
     pub cluster_name: String,
     /// `--use-service-account-credentials`: each controller writes as `kube-system/<its SA>`.
     pub use_service_account_credentials: bool,
-    /// `--terminated-pod-gc-threshold` (upstream default 12500; 0 or less disables that part).
-    pub terminated_pod_gc_threshold: i64,
     /// PEM of the CA bundle this process's own client trusts: what the root CA publisher
     /// publishes without `--root-ca-file` (upstream uses the client config's CAData). Filled in
     /// from the client configuration by [`run`].
     pub client_ca: Option<String>,
-    /// The node-lifecycle controller's flags.
-    pub node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions,
     /// The node-ipam controller's CIDRs; None without `--allocate-node-cidrs`.
     pub node_ipam: Option<crate::node_ipam::config::NodeIpamConfig>,
 }
@@ -75,9 +90,7 @@ impl Default for ManagerOptions {
             root_ca_file: None,
             cluster_name: "kubernetes".into(),
             use_service_account_credentials: false,
-            terminated_pod_gc_threshold: crate::podgc::DEFAULT_TERMINATED_POD_GC_THRESHOLD,
             client_ca: None,
-            node_lifecycle: crate::node_lifecycle::NodeLifecycleOptions::default(),
             node_ipam: None,
         }
     }
@@ -205,16 +218,48 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
     })
 }
 
-/// Runs the enabled controllers until the context's token is cancelled.
-pub async fn run(
-    ctx: Context,
-    enabled: BTreeSet<&'static str>,
-    mut options: ManagerOptions,
-) -> Result<(), String> {
-    if options.client_ca.is_none() {
-        options.client_ca = ctx.config.root_cert.as_deref().map(pem_bundle);
-    }
-    let missing: Vec<&str> = enabled
+/// The settings a snapshot of the `ControllerConfiguration`s puts in force over the flags'.
+fn in_force(
+    base: &ControllerSettings,
+    snapshot: &InForce<ControllerSettings>,
+) -> ControllerSettings {
+    snapshot
+        .values
+        .get(configuration::DEFAULT_NAME)
+        .map(|s| (**s).clone())
+        .unwrap_or_else(|| base.clone())
+}
+
+/// The implemented controllers `settings` enables, in [`IMPLEMENTED`]'s order.
+fn wanted(settings: &ControllerSettings) -> impl Iterator<Item = &'static Controller> + '_ {
+    IMPLEMENTED
+        .iter()
+        .filter(|c| settings.enabled.contains(c.name))
+}
+
+/// What to stop and what to start when the settings in force go from `old` to `new`: a
+/// controller no longer enabled stops, a newly enabled one starts, and one whose own settings
+/// changed does both.
+pub fn transition(
+    running: &BTreeSet<&'static str>,
+    old: &ControllerSettings,
+    new: &ControllerSettings,
+) -> (Vec<&'static str>, Vec<&'static str>) {
+    let stop: Vec<&'static str> = running
+        .iter()
+        .copied()
+        .filter(|n| !new.enabled.contains(n) || old.scope(n) != new.scope(n))
+        .collect();
+    let start: Vec<&'static str> = wanted(new)
+        .map(|c| c.name)
+        .filter(|n| !running.contains(n) || stop.contains(n))
+        .collect();
+    (stop, start)
+}
+
+fn warn_unimplemented(settings: &ControllerSettings) {
+    let missing: Vec<&str> = settings
+        .enabled
         .iter()
         .copied()
         .filter(|n| !IMPLEMENTED.iter().any(|c| c.name == *n))
@@ -222,17 +267,174 @@ pub async fn run(
     if !missing.is_empty() {
         tracing::warn!(controllers = ?missing, "enabled controllers that Ferrite does not implement yet are not started");
     }
-    let cc = ControllerContext {
-        client: ctx.client.clone(),
-        informers: ctx.informers.clone(),
-        events: ctx.events.clone(),
-        queue_metrics: ctx.registry.with(WorkQueueMetrics::register),
-        registry: ctx.registry.clone(),
-        options: Arc::new(options),
-        token: ctx.token.clone(),
-        pods_by_node: Arc::default(),
-    };
-    let credentials = cc.options.use_service_account_credentials.then(|| {
+}
+
+/// The controllers' common parts and the running ones.
+struct Manager {
+    ctx: Context,
+    options: Arc<ManagerOptions>,
+    queue_metrics: WorkQueueMetrics,
+    credentials: Option<ServiceAccountCredentials>,
+    /// One client per controller for the process's life, made on its first start: a restart
+    /// keeps its rate limiter and (with service account credentials) its token.
+    clients: HashMap<&'static str, kube::Client>,
+    running: BTreeMap<&'static str, Running>,
+    tasks: JoinSet<(&'static str, Result<(), String>)>,
+    pods_by_node: Arc<OnceLock<PodsByNode>>,
+}
+
+struct Running {
+    token: CancellationToken,
+    task: tokio::task::Id,
+}
+
+type Run = BoxFuture<'static, Result<(), String>>;
+/// A finished controller task, as `JoinSet::join_next_with_id` returns it.
+type Finished =
+    Result<(tokio::task::Id, (&'static str, Result<(), String>)), tokio::task::JoinError>;
+
+impl Manager {
+    async fn client_for(&mut self, name: &'static str) -> Result<kube::Client, String> {
+        if let Some(c) = self.clients.get(name) {
+            return Ok(c.clone());
+        }
+        // Each controller gets a client (and so a rate limit) of its own, as upstream's client
+        // builder gives every controller its own rest config.
+        let qps = self.ctx.qps * qps_factor(name);
+        let client = match &self.credentials {
+            Some(creds) => {
+                let sa = service_account(name)
+                    .ok_or_else(|| format!("no service account is known for {name}"))?;
+                creds
+                    .client_for_with_qps(sa, qps)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => rate_limited_client(self.ctx.config.clone(), qps, self.ctx.burst)
+                .map_err(|e| e.to_string()),
+        }
+        .map_err(|e| format!("starting {name}: {e}"))?;
+        self.clients.insert(name, client.clone());
+        Ok(client)
+    }
+
+    /// Sets a controller up (informers, handlers) under a token of its own; the returned future
+    /// runs it.
+    async fn set_up(
+        &mut self,
+        c: &'static Controller,
+        settings: &Arc<ControllerSettings>,
+    ) -> Result<(CancellationToken, Run), String> {
+        let client = self.client_for(c.name).await?;
+        let token = self.ctx.token.child_token();
+        let own = ControllerContext {
+            client,
+            informers: self.ctx.informers.scoped(token.clone()),
+            events: self.ctx.events.clone(),
+            registry: self.ctx.registry.clone(),
+            queue_metrics: self.queue_metrics.clone(),
+            options: self.options.clone(),
+            settings: settings.clone(),
+            token: token.clone(),
+            pods_by_node: self.pods_by_node.clone(),
+            process_informers: self.ctx.informers.clone(),
+        };
+        let run = (c.start)(&own).map_err(|e| format!("starting {}: {e}", c.name))?;
+        Ok((token, run))
+    }
+
+    fn spawn(&mut self, name: &'static str, token: CancellationToken, run: Run) {
+        let handle = self.tasks.spawn(async move { (name, run.await) });
+        self.running.insert(
+            name,
+            Running {
+                token,
+                task: handle.id(),
+            },
+        );
+    }
+
+    /// Handles a finished controller task; Err when the process must stop.
+    fn finished(&mut self, done: Finished) -> Result<(), String> {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        let stopped_on_purpose = !self.running.values().any(|r| r.task == id);
+        self.running.retain(|_, r| r.task != id);
+        match done {
+            Ok((_, (_, Ok(())))) => Ok(()),
+            Ok((_, (name, Err(e)))) if !stopped_on_purpose => {
+                Err(format!("controller {name} failed: {e}"))
+            }
+            Ok((_, (name, Err(e)))) => {
+                tracing::warn!(controller = name, error = %e, "a stopped controller ended with an error");
+                Ok(())
+            }
+            Err(e) => Err(format!("a controller task failed: {e}")),
+        }
+    }
+
+    /// Moves from `old` to `new` settings: stops what must stop, waits until its workers have
+    /// ended, then starts what must start once its informers have synced.
+    async fn apply(
+        &mut self,
+        old: &ControllerSettings,
+        new: &Arc<ControllerSettings>,
+    ) -> Result<(), String> {
+        let running: BTreeSet<&'static str> = self.running.keys().copied().collect();
+        let (stop, start) = transition(&running, old, new);
+        let mut waiting = BTreeSet::new();
+        for name in &stop {
+            if let Some(r) = self.running.remove(name) {
+                tracing::info!(controller = *name, "stopping controller");
+                r.token.cancel();
+                waiting.insert(r.task);
+            }
+        }
+        while !waiting.is_empty() {
+            let Some(done) = self.tasks.join_next_with_id().await else {
+                break;
+            };
+            let id = match &done {
+                Ok((id, _)) => *id,
+                Err(e) => e.id(),
+            };
+            waiting.remove(&id);
+            self.finished(done)?;
+        }
+        let mut runs = Vec::new();
+        for name in start {
+            let Some(c) = IMPLEMENTED.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            runs.push((name, self.set_up(c, new).await?));
+        }
+        if runs.is_empty() {
+            return Ok(());
+        }
+        // A controller may have asked for informers nobody had started yet.
+        self.ctx.informers.wait_for_cache_sync().await;
+        for (name, (token, run)) in runs {
+            tracing::info!(controller = name, "starting controller");
+            self.spawn(name, token, run);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the controllers the settings in force enable until the context's token is cancelled.
+/// `base` is the flags' settings; the `ControllerConfiguration` named `default` overrides them
+/// while it is valid (see [`crate::configuration`]).
+pub async fn run(
+    ctx: Context,
+    base: ControllerSettings,
+    mut options: ManagerOptions,
+) -> Result<(), String> {
+    if options.client_ca.is_none() {
+        options.client_ca = ctx.config.root_cert.as_deref().map(pem_bundle);
+    }
+    let credentials = options.use_service_account_credentials.then(|| {
         ServiceAccountCredentials::new(
             ctx.client.clone(),
             ctx.config.clone(),
@@ -241,52 +443,87 @@ pub async fn run(
             ctx.token.clone(),
         )
     });
+    let validate_base = base.clone();
+    let mut config = live_config::watch::<ControllerConfiguration, _, _>(
+        ctx.client.clone(),
+        ctx.token.clone(),
+        ctx.events.for_controller("ferrite-controller-manager"),
+        move |obj: &ControllerConfiguration| configuration::resolve(&validate_base, obj),
+    );
+    // The first answer decides what starts, so a controller the configuration disables never
+    // runs, not even for a moment after a leader change.
+    let first = tokio::select! {
+        () = ctx.token.cancelled() => return Ok(()),
+        s = config.synced() => s,
+    };
+    let mut settings = Arc::new(in_force(&base, &first));
+    warn_unimplemented(&settings);
+    let mut manager = Manager {
+        queue_metrics: ctx.registry.with(WorkQueueMetrics::register),
+        options: Arc::new(options),
+        credentials,
+        clients: HashMap::new(),
+        running: BTreeMap::new(),
+        tasks: JoinSet::new(),
+        pods_by_node: Arc::default(),
+        ctx,
+    };
     let mut runs = Vec::new();
-    for c in IMPLEMENTED.iter().filter(|c| enabled.contains(c.name)) {
-        let mut own = cc.clone();
-        // Each controller gets a client (and so a rate limit) of its own, as upstream's client
-        // builder gives every controller its own rest config.
-        let qps = ctx.qps * qps_factor(c.name);
-        own.client = match &credentials {
-            Some(creds) => {
-                let sa = service_account(c.name)
-                    .ok_or_else(|| format!("no service account is known for {}", c.name))?;
-                creds
-                    .client_for_with_qps(sa, qps)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            None => {
-                rate_limited_client(ctx.config.clone(), qps, ctx.burst).map_err(|e| e.to_string())
-            }
-        }
-        .map_err(|e| format!("starting {}: {e}", c.name))?;
-        let run = (c.start)(&own).map_err(|e| format!("starting {}: {e}", c.name))?;
-        runs.push((c.name, run));
+    for c in wanted(&settings) {
+        runs.push((c.name, manager.set_up(c, &settings).await?));
     }
+    let ctx = &manager.ctx;
     ctx.informers.start(ctx.token.clone());
     ctx.informers.wait_for_cache_sync().await;
     ctx.health.set_ready(true);
     tracing::info!(controllers = ?runs.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "caches synced; starting controllers");
-    let mut tasks = tokio::task::JoinSet::new();
-    for (name, run) in runs {
-        tasks.spawn(async move { (name, run.await) });
+    for (name, (token, run)) in runs {
+        manager.spawn(name, token, run);
     }
+    config.applied(first.version);
+
+    let token = manager.ctx.token.clone();
+    let mut watching = true;
     let mut failure = None;
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok((_, Ok(()))) => {}
-            Ok((name, Err(e))) => {
-                failure.get_or_insert(format!("controller {name} failed: {e}"));
-                ctx.token.cancel();
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            changed = config.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let snapshot = config.current();
+                let next = Arc::new(in_force(&base, &snapshot));
+                if next == settings {
+                    config.applied(snapshot.version);
+                    continue;
+                }
+                if next.enabled != settings.enabled {
+                    warn_unimplemented(&next);
+                }
+                if let Err(e) = manager.apply(&settings, &next).await {
+                    failure = Some(e);
+                    token.cancel();
+                    break;
+                }
+                settings = next;
+                config.applied(snapshot.version);
             }
-            Err(e) => {
-                failure.get_or_insert(format!("a controller task failed: {e}"));
-                ctx.token.cancel();
+            Some(done) = manager.tasks.join_next_with_id() => {
+                if let Err(e) = manager.finished(done) {
+                    failure = Some(e);
+                    token.cancel();
+                    break;
+                }
             }
         }
     }
-    ctx.token.cancelled().await;
+    while let Some(done) = manager.tasks.join_next_with_id().await {
+        if let Err(e) = manager.finished(done) {
+            failure.get_or_insert(e);
+        }
+    }
     tracing::info!("controllers stopped");
     failure.map_or(Ok(()), Err)
 }
@@ -294,6 +531,66 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(controllers: &[&str]) -> ControllerSettings {
+        let list: Vec<String> = controllers.iter().map(|s| s.to_string()).collect();
+        ControllerSettings {
+            enabled: crate::names::enabled(&list).expect("known names"),
+            ..ControllerSettings::default()
+        }
+    }
+
+    fn names(v: &[&'static str]) -> BTreeSet<&'static str> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_disabled_controller_stops_and_an_enabled_one_starts() {
+        let old = settings(&["serviceaccount", "job"]);
+        let new = settings(&["job", "deployment"]);
+        let running = names(&["serviceaccount-controller", "job-controller"]);
+        let (stop, start) = transition(&running, &old, &new);
+        assert_eq!(stop, ["serviceaccount-controller"]);
+        assert_eq!(start, ["deployment-controller"]);
+    }
+
+    #[test]
+    fn a_controller_whose_settings_changed_is_restarted_and_the_others_keep_running() {
+        let old = settings(&["job", "deployment", "podgc"]);
+        let mut new = old.clone();
+        new.concurrent_job_syncs = 9;
+        let running = names(&[
+            "job-controller",
+            "deployment-controller",
+            "pod-garbage-collector-controller",
+        ]);
+        let (stop, start) = transition(&running, &old, &new);
+        assert_eq!(stop, ["job-controller"]);
+        assert_eq!(start, ["job-controller"]);
+        new.terminated_pod_gc_threshold = 1;
+        let (stop, start) = transition(&running, &old, &new);
+        assert_eq!(stop, ["job-controller", "pod-garbage-collector-controller"]);
+        assert_eq!(
+            start,
+            ["pod-garbage-collector-controller", "job-controller"]
+        );
+    }
+
+    #[test]
+    fn enabled_controllers_ferrite_does_not_implement_are_not_started() {
+        let old = settings(&["job"]);
+        let new = settings(&["job", "namespace"]);
+        let (stop, start) = transition(&names(&["job-controller"]), &old, &new);
+        assert!(stop.is_empty() && start.is_empty(), "{stop:?} {start:?}");
+    }
+
+    #[test]
+    fn unchanged_settings_change_nothing() {
+        let s = settings(&["*"]);
+        let running: BTreeSet<&'static str> = wanted(&s).map(|c| c.name).collect();
+        let (stop, start) = transition(&running, &s, &s.clone());
+        assert!(stop.is_empty() && start.is_empty());
+    }
 
     #[test]
     fn the_client_ca_is_published_as_lf_pem_that_parses_back_to_the_same_certificates() {

@@ -336,9 +336,9 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         client: ctx.client.clone(),
         pods: ctx.informers.informer::<Pod>(),
         nodes: ctx.informers.informer::<Node>(),
-        threshold: ctx.options.terminated_pod_gc_threshold,
+        threshold: ctx.settings.terminated_pod_gc_threshold,
         quarantine: Quarantine::default(),
-        metrics: ctx.registry.with(PodGcMetrics::register),
+        metrics: ctx.registry.once(NAME, PodGcMetrics::register),
     };
     let token = ctx.token.clone();
     Ok(async move {

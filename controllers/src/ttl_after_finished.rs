@@ -21,9 +21,6 @@ use crate::manager::ControllerContext;
 
 pub const NAME: &str = "ttl-after-finished-controller";
 
-/// `--concurrent-ttl-after-finished-syncs` default.
-const WORKERS: usize = 5;
-
 // ---------------------------------------------------------------------------------------------
 // Core
 // ---------------------------------------------------------------------------------------------
@@ -128,7 +125,9 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         WorkQueue::new("ttl_jobs_to_delete", RateLimiter::default_controller())
             .with_metrics(&ctx.queue_metrics);
     let jobs = ctx.informers.informer::<Job>();
-    let deletion_duration = ctx.registry.with(register_deletion_duration);
+    let deletion_duration = ctx.registry.once(NAME, register_deletion_duration);
+    // `--concurrent-ttl-after-finished-syncs`.
+    let workers = ctx.settings.concurrent_ttl_after_finished_syncs;
     {
         let q = queue.clone();
         jobs.add_handler(move |change| {
@@ -149,7 +148,7 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
     let requeue = queue.clone();
     Ok(async move {
         tracing::info!(controller = NAME, "starting controller");
-        run_workers(queue, WORKERS, token, move |(ns, name): (String, String)| {
+        run_workers(queue, workers, token, move |(ns, name): (String, String)| {
             let (client, jobs, requeue, deletion_duration) = (
                 client.clone(),
                 jobs.clone(),

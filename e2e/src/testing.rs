@@ -123,6 +123,49 @@ pub async fn ensure_default_service_account(client: &kube::Client, ns: &str) -> 
     }
 }
 
+/// `kubectl apply -f <path>` (a file or a directory) against the bed as its admin; returns
+/// kubectl's output.
+pub fn kubectl_apply(bed: &Bed, path: &std::path::Path) -> Result<String> {
+    let out = std::process::Command::new(crate::stock::binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(bed.kubeconfig())
+        .args(["apply", "-f"])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply -f {} failed: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until each named CustomResourceDefinition is Established (its API is served).
+pub async fn crds_established(client: &kube::Client, names: &[&str]) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in names {
+        eventually(
+            &format!("the CRD {name} to be established"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || async {
+                let crd = crds.get_opt(name).await.ok()??;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Polls `probe` every `every` until it returns Some, or fails after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(
     what: &str,

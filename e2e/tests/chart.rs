@@ -1,9 +1,11 @@
 //! The Helm chart `charts/ferrite`: it lints clean, renders what a self-hosted control plane needs
 //! (two Deployments of two replicas, their PodDisruptionBudgets, ServiceAccounts and bindings),
-//! rejects unknown values, is accepted by a stock apiserver, and its RBAC gives the two
-//! components what they need and nothing broader than upstream grants kubeadm's components. The
-//! last test runs `ferrite` with the rendered arguments as the chart's ServiceAccounts, probes it
-//! as the kubelet would, and watches both components do their work.
+//! ships the configuration CRDs (`crds/`, the same as the repository's), rejects unknown values,
+//! is accepted by a stock apiserver, and its RBAC gives the two components what they need and
+//! nothing broader than upstream grants kubeadm's components, plus reading their own
+//! configuration resource and writing its status. The last test runs `ferrite` with the rendered
+//! arguments as the chart's ServiceAccounts, probes it as the kubelet would, and watches both
+//! components do their work and report on their configuration objects.
 //!
 //! helm comes from `e2e/stock/build.sh helm` (pinned in e2e/stock/versions.env; cached after the
 //! first build), kubectl from the stock Kubernetes build the bed uses.
@@ -319,6 +321,7 @@ fn default_values_render_two_highly_available_deployments_with_budgets_accounts_
     let cluster = |role: &str| ("ClusterRole".to_string(), role.to_string(), String::new());
     let system = |role: &str| ("Role".to_string(), role.to_string(), NAMESPACE.to_string());
     let mut want = vec![
+        cluster("ferrite-controller-manager:configuration"),
         cluster("system:auth-delegator"),
         cluster("system:kube-controller-manager"),
         system("extension-apiserver-authentication-reader"),
@@ -331,6 +334,7 @@ fn default_values_render_two_highly_available_deployments_with_budgets_accounts_
         grants_of(&docs, CONTROLLER_MANAGER_SA)
     );
     let mut want = vec![
+        cluster("ferrite-scheduler:configuration"),
         cluster("system:auth-delegator"),
         cluster("system:kube-scheduler"),
         cluster("system:volume-scheduler"),
@@ -343,13 +347,40 @@ fn default_values_render_two_highly_available_deployments_with_budgets_accounts_
         "scheduler grants: {:?}",
         grants_of(&docs, SCHEDULER_SA)
     );
-    // Bindings only: the chart ships no roles of its own.
+    // The only roles the chart defines: each component reads its own configuration resource
+    // and writes that resource's status.
+    ensure!(of_kind(&docs, "Role").is_empty(), "the chart defines Roles");
     ensure!(
-        of_kind(&docs, "ClusterRole").is_empty() && of_kind(&docs, "Role").is_empty(),
-        "the chart defines roles"
+        of_kind(&docs, "ClusterRole").len() == 2,
+        "ClusterRoles: {:?}",
+        of_kind(&docs, "ClusterRole")
     );
+    for (sa, resource) in [
+        (CONTROLLER_MANAGER_SA, "controllerconfigurations"),
+        (SCHEDULER_SA, "schedulerprofiles"),
+    ] {
+        let role = named(&docs, "ClusterRole", &format!("{sa}:configuration"))?;
+        ensure!(
+            role["rules"]
+                == json!([
+                    {"apiGroups": ["config.ferrite.dev"], "resources": [resource],
+                     "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": ["config.ferrite.dev"], "resources": [format!("{resource}/status")],
+                     "verbs": ["update"]},
+                ]),
+            "{sa} configuration role: {}",
+            role["rules"]
+        );
+    }
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    ensure!(docs.len() == 2 * 3 + 4 + 5, "rendered kinds: {kinds:?}");
+    ensure!(
+        docs.len() == 2 * 3 + 4 + 5 + 2 * 2,
+        "rendered kinds: {kinds:?}"
+    );
+    ensure!(
+        !kinds.contains(&"CustomResourceDefinition"),
+        "CRDs rendered as templates: {kinds:?}"
+    );
     Ok(())
 }
 
@@ -437,6 +468,57 @@ fn the_apiserver_address_replaces_the_in_cluster_service_only_when_set() -> Resu
     Ok(())
 }
 
+/// The CRDs in the chart's `crds/` directory, which `helm install` applies before the templates
+/// (`helm template` shows them with `--include-crds`).
+fn chart_crds() -> Result<Vec<Value>> {
+    let out = template(&["--include-crds"])?;
+    ensure!(
+        out.ok,
+        "helm template --include-crds failed:\n{}",
+        out.stderr
+    );
+    Ok(documents(&out.stdout)?
+        .into_iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect())
+}
+
+#[test]
+fn the_chart_ships_the_repositorys_configuration_crds() -> Result<()> {
+    let shipped = chart_crds()?;
+    let mut names: Vec<&str> = shipped
+        .iter()
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    names.sort();
+    ensure!(
+        names
+            == [
+                "controllerconfigurations.config.ferrite.dev",
+                "schedulerprofiles.config.ferrite.dev"
+            ],
+        "shipped CRDs: {names:?}"
+    );
+    let dir = repo_root().join("crds");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        for doc in documents(&std::fs::read_to_string(&path)?)? {
+            ensure!(
+                shipped.contains(&doc),
+                "{} differs from the chart's copy",
+                path.display()
+            );
+            compared += 1;
+        }
+    }
+    ensure!(compared == shipped.len(), "crds/ holds {compared} CRDs");
+    Ok(())
+}
+
 #[test]
 fn an_unknown_value_key_is_rejected() -> Result<()> {
     for key in [
@@ -461,6 +543,8 @@ fn an_unknown_value_key_is_rejected() -> Result<()> {
 async fn a_stock_apiserver_accepts_the_rendered_manifests() -> Result<()> {
     let bed = bed().await;
     let kubeconfig = bed.kubeconfig();
+    let rendered = template(&["--include-crds"])?;
+    ensure!(rendered.ok, "helm template failed:\n{}", rendered.stderr);
     let out = run(
         &kubectl(),
         &[
@@ -471,7 +555,7 @@ async fn a_stock_apiserver_accepts_the_rendered_manifests() -> Result<()> {
             "-f",
             "-",
         ],
-        Some(&rendered()?),
+        Some(&rendered.stdout),
     )?;
     ensure!(
         out.ok,
@@ -479,18 +563,21 @@ async fn a_stock_apiserver_accepts_the_rendered_manifests() -> Result<()> {
         out.stdout,
         out.stderr
     );
+    // Another test of this binary may have created the CRDs for real already.
     for object in [
+        "customresourcedefinition.apiextensions.k8s.io/controllerconfigurations.config.ferrite.dev",
+        "customresourcedefinition.apiextensions.k8s.io/schedulerprofiles.config.ferrite.dev",
+        "clusterrole.rbac.authorization.k8s.io/ferrite-controller-manager:configuration",
+        "clusterrole.rbac.authorization.k8s.io/ferrite-scheduler:configuration",
         "deployment.apps/ferrite-controller-manager",
         "deployment.apps/ferrite-scheduler",
         "poddisruptionbudget.policy/ferrite-controller-manager",
         "poddisruptionbudget.policy/ferrite-scheduler",
     ] {
         ensure!(
-            out.stdout
-                .contains(&format!("{object} created (server dry run)"))
-                || out
-                    .stdout
-                    .contains(&format!("{object} configured (server dry run)")),
+            ["created", "configured", "unchanged"].iter().any(|verb| out
+                .stdout
+                .contains(&format!("{object} {verb} (server dry run)"))),
             "{object} not accepted:\n{}",
             out.stdout
         );
@@ -522,12 +609,21 @@ async fn apply_accounts_and_bindings(bed: &Bed) -> Result<()> {
             let rbac: Vec<String> = docs
                 .iter()
                 .filter(|d| {
-                    ["ServiceAccount", "ClusterRoleBinding", "RoleBinding"]
-                        .contains(&d["kind"].as_str().unwrap_or_default())
+                    [
+                        "ServiceAccount",
+                        "ClusterRole",
+                        "ClusterRoleBinding",
+                        "RoleBinding",
+                    ]
+                    .contains(&d["kind"].as_str().unwrap_or_default())
                 })
                 .map(serde_json::to_string)
                 .collect::<Result<_, _>>()?;
-            ensure!(rbac.len() == 2 + 9, "{} accounts and bindings", rbac.len());
+            ensure!(
+                rbac.len() == 2 + 2 + 11,
+                "{} accounts, roles and bindings",
+                rbac.len()
+            );
             let kubeconfig = bed.kubeconfig();
             let out = run(
                 &kubectl(),
@@ -606,6 +702,24 @@ async fn the_chart_accounts_may_do_their_work_and_nothing_broader() -> Result<()
             SCHEDULER_SA,
             json!({"verb": "create", "group": "authentication.k8s.io", "resource": "tokenreviews"}),
         ),
+        (
+            CONTROLLER_MANAGER_SA,
+            json!({"verb": "watch", "group": "config.ferrite.dev", "resource": "controllerconfigurations"}),
+        ),
+        (
+            CONTROLLER_MANAGER_SA,
+            json!({"verb": "update", "group": "config.ferrite.dev", "resource": "controllerconfigurations",
+                   "subresource": "status", "name": "default"}),
+        ),
+        (
+            SCHEDULER_SA,
+            json!({"verb": "list", "group": "config.ferrite.dev", "resource": "schedulerprofiles"}),
+        ),
+        (
+            SCHEDULER_SA,
+            json!({"verb": "update", "group": "config.ferrite.dev", "resource": "schedulerprofiles",
+                   "subresource": "status", "name": "default-scheduler"}),
+        ),
     ];
     // RBAC reaches the authorizer through its informers: poll until the bindings take effect.
     for (sa, attributes) in &allowed {
@@ -643,6 +757,37 @@ async fn the_chart_accounts_may_do_their_work_and_nothing_broader() -> Result<()
         (
             CONTROLLER_MANAGER_SA,
             json!({"verb": "create", "group": "rbac.authorization.k8s.io", "resource": "clusterrolebindings"}),
+        ),
+        // Configuration: read and status only, each component its own kind.
+        (
+            CONTROLLER_MANAGER_SA,
+            json!({"verb": "update", "group": "config.ferrite.dev", "resource": "controllerconfigurations",
+                   "name": "default"}),
+        ),
+        (
+            CONTROLLER_MANAGER_SA,
+            json!({"verb": "patch", "group": "config.ferrite.dev", "resource": "controllerconfigurations",
+                   "subresource": "status", "name": "default"}),
+        ),
+        (
+            CONTROLLER_MANAGER_SA,
+            json!({"verb": "create", "group": "config.ferrite.dev", "resource": "controllerconfigurations"}),
+        ),
+        // (system:kube-controller-manager may list and watch every resource, for the garbage
+        // collector and quota, so reading the scheduler's kind is upstream's grant, not ours.)
+        (
+            CONTROLLER_MANAGER_SA,
+            json!({"verb": "update", "group": "config.ferrite.dev", "resource": "schedulerprofiles",
+                   "subresource": "status", "name": "default-scheduler"}),
+        ),
+        (
+            SCHEDULER_SA,
+            json!({"verb": "delete", "group": "config.ferrite.dev", "resource": "schedulerprofiles",
+                   "name": "default-scheduler"}),
+        ),
+        (
+            SCHEDULER_SA,
+            json!({"verb": "get", "group": "config.ferrite.dev", "resource": "controllerconfigurations"}),
         ),
     ];
     for (sa, attributes) in &denied {
@@ -732,10 +877,59 @@ async fn lease_holder(client: &kube::Client, lease: &str) -> Option<String> {
         .holder_identity
 }
 
+const CRD_NAMES: [&str; 2] = [
+    "controllerconfigurations.config.ferrite.dev",
+    "schedulerprofiles.config.ferrite.dev",
+];
+
+/// Really creates the chart's CRDs (`charts/ferrite/crds`) on the shared bed, once per test
+/// binary, as `helm install` would before the templates, with the function `ferrite bootstrap`
+/// uses for them (helm would not upgrade them).
+async fn apply_chart_crds(bed: &Bed) -> Result<()> {
+    static APPLIED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    APPLIED
+        .get_or_try_init(|| async {
+            let client = bed.client().await?;
+            ferrite_bootstrap::pivot::apply_chart_crds(&client, &chart_dir()).await?;
+            testing::crds_established(&client, &CRD_NAMES).await
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Waits until `object` (a configuration object) reports `Valid=True` for its generation.
+async fn reported_valid<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: kube::Resource
+        + kube::core::object::HasStatus<Status = ferrite_runtime::live_config::ConfigStatus>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    eventually(
+        &format!("{name} to report Valid=True"),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let o = api.get(name).await.ok()?;
+            let status = o.status()?;
+            let valid = status.condition("Valid")?;
+            (valid.status == "True" && status.observed_generation == o.meta().generation)
+                .then_some(())
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn ferrite_runs_with_the_chart_arguments_and_accounts() -> Result<()> {
+    use ferrite_controllers::configuration::{
+        ControllerConfiguration, ControllerConfigurationSpec,
+    };
+    use ferrite_scheduler::profiles::{SchedulerProfile, SchedulerProfileSpec};
     use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
     let bed = bed().await;
+    apply_chart_crds(bed).await?;
     apply_accounts_and_bindings(bed).await?;
     let client = bed.client().await?;
     let docs = documents(&rendered()?)?;
@@ -756,6 +950,32 @@ async fn ferrite_runs_with_the_chart_arguments_and_accounts() -> Result<()> {
         .await;
         ensure!(held.is_ok(), "{held:?}\n{}", bed.log_tail(lease));
     }
+
+    // Each component reads its configuration objects and reports on them through the status
+    // subresource, with no more than the chart's configuration role.
+    let configurations: Api<ControllerConfiguration> = Api::all(client.clone());
+    let profiles: Api<SchedulerProfile> = Api::all(client.clone());
+    let pp = PostParams::default();
+    configurations
+        .create(
+            &pp,
+            &ControllerConfiguration::new("default", ControllerConfigurationSpec::default()),
+        )
+        .await?;
+    profiles
+        .create(
+            &pp,
+            &SchedulerProfile::new("default-scheduler", SchedulerProfileSpec::default()),
+        )
+        .await?;
+    let reported = reported_valid(&configurations, "default").await;
+    ensure!(reported.is_ok(), "{reported:?}\n{}", bed.log_tail(cm));
+    let reported = reported_valid(&profiles, "default-scheduler").await;
+    ensure!(
+        reported.is_ok(),
+        "{reported:?}\n{}",
+        bed.log_tail(scheduler)
+    );
 
     // The controllers act under their own accounts, which the chart's account creates
     // (--use-service-account-credentials): a new namespace gets its default ServiceAccount and
@@ -849,5 +1069,9 @@ async fn ferrite_runs_with_the_chart_arguments_and_accounts() -> Result<()> {
         bed.stop_process(name, Duration::from_secs(10));
     }
     let _ = nodes.delete("chart-node", &Default::default()).await;
+    let _ = configurations.delete("default", &Default::default()).await;
+    let _ = profiles
+        .delete("default-scheduler", &Default::default())
+        .await;
     Ok(())
 }

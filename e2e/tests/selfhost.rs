@@ -2,7 +2,8 @@
 //! etcd and kube-apiserver as static pods and Ferrite pivoted into its own Deployments, driven
 //! through the `ferrite bootstrap` commands a user runs. One test, in order: `up`; the static
 //! (mirror) pods and both Ferrite Deployments at 2/2 with a pod of each holding its Lease and no
-//! stock controller manager or scheduler; a user Deployment's pods Running; every Ferrite
+//! stock controller manager or scheduler; a user Deployment's pods Running; the configuration
+//! CRDs installed and objects of both kinds reported `Valid` by the leaders; every Ferrite
 //! replica deleted and `recover` bringing them back; `down` leaving no host state behind.
 //!
 //! Needs root (as CI has). What the machine lacks is installed: the stock components and
@@ -206,6 +207,45 @@ async fn a_local_node_hosts_ferrite_recovers_it_and_leaves_nothing_behind() -> R
         },
     )
     .await?;
+
+    // The configuration CRDs came with the install, and the leaders (as the chart's accounts)
+    // report on the objects users write.
+    for (kind, plural, name) in [
+        (
+            "ControllerConfiguration",
+            "controllerconfigurations",
+            "default",
+        ),
+        ("SchedulerProfile", "schedulerprofiles", "default-scheduler"),
+    ] {
+        let ar = kube::api::ApiResource {
+            group: "config.ferrite.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "config.ferrite.dev/v1alpha1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "config.ferrite.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": name}, "spec": {},
+        }))?;
+        api.create(&PostParams::default(), &object).await?;
+        eventually(
+            &format!("the {kind} {name} to be reported Valid"),
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            || async {
+                let o = api.get(name).await.ok()?;
+                let conditions = o.data["status"]["conditions"].as_array()?.clone();
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == "Valid" && c["status"] == "True")
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
 
     // Every Ferrite replica gone: nothing in the cluster can bring them back.
     remove_every_ferrite_replica(&client).await?;

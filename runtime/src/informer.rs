@@ -15,6 +15,11 @@
 //!
 //! Each cache keeps a namespace index (upstream `cache.NamespaceIndex`), so a controller lists
 //! one namespace's objects without scanning the cluster's.
+//!
+//! A factory handle can be scoped to a cancellation token ([`InformerFactory::scoped`]): the
+//! handlers registered through it are dropped once the token is cancelled. The controller manager
+//! gives each controller such a handle, so a controller stopped by a configuration change leaves
+//! no handler behind (the informers themselves stay, shared with the others).
 
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
@@ -40,6 +45,27 @@ pub enum Change<'a, K> {
 
 type Handler<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
 
+/// A handler and the scope it was registered in; a cancelled scope's handlers are dropped.
+struct Registered<K> {
+    scope: Option<CancellationToken>,
+    handler: Handler<K>,
+}
+
+impl<K> Clone for Registered<K> {
+    fn clone(&self) -> Self {
+        Registered {
+            scope: self.scope.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<K> Registered<K> {
+    fn live(&self) -> bool {
+        self.scope.as_ref().is_none_or(|t| !t.is_cancelled())
+    }
+}
+
 /// While the initial state is delivered: the keys seen so far, and in delivery order.
 type Relist<K> = (HashSet<ObjectRef<K>>, Vec<ObjectRef<K>>);
 
@@ -59,18 +85,21 @@ struct Shared<K: Watched> {
     store: Store<K>,
     by_namespace: RwLock<NamespaceIndex>,
     writer: Mutex<Option<reflector::store::Writer<K>>>,
-    handlers: RwLock<Vec<Handler<K>>>,
+    handlers: RwLock<Vec<Registered<K>>>,
 }
 
-/// A cheap handle to one shared informer.
+/// A cheap handle to one shared informer. Handlers added through it live as long as the scope of
+/// the factory handle it came from.
 pub struct Informer<K: Watched> {
     shared: Arc<Shared<K>>,
+    scope: Option<CancellationToken>,
 }
 
 impl<K: Watched> Clone for Informer<K> {
     fn clone(&self) -> Self {
         Informer {
             shared: self.shared.clone(),
+            scope: self.scope.clone(),
         }
     }
 }
@@ -150,14 +179,27 @@ where
     }
 
     /// Registers a handler. Like client-go's AddEventHandler on a started informer, objects
-    /// already cached are replayed to it as additions.
+    /// already cached are replayed to it as additions. The handler is dropped when this handle's
+    /// scope is cancelled.
     pub fn add_handler(&self, f: impl Fn(Change<'_, K>) + Send + Sync + 'static) {
         let f: Handler<K> = Arc::new(f);
         if let Ok(mut hs) = self.shared.handlers.write() {
-            hs.push(f.clone());
+            hs.retain(Registered::live);
+            hs.push(Registered {
+                scope: self.scope.clone(),
+                handler: f.clone(),
+            });
         }
         for obj in self.shared.store.state() {
             f(Change::Added(&obj));
+        }
+    }
+
+    /// How many handlers are registered and not yet dropped with their scope.
+    pub fn handler_count(&self) -> usize {
+        match self.shared.handlers.read() {
+            Ok(hs) => hs.iter().filter(|h| h.live()).count(),
+            Err(p) => p.into_inner().iter().filter(|h| h.live()).count(),
         }
     }
 
@@ -171,7 +213,14 @@ where
             Ok(hs) => hs.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        for h in &handlers {
+        if handlers.iter().any(|h| !h.live()) {
+            // Dropping them also drops what they hold (a stopped controller's queue).
+            if let Ok(mut hs) = self.shared.handlers.write() {
+                hs.retain(Registered::live);
+            }
+        }
+        for h in handlers.iter().filter(|h| h.live()) {
+            let h = &h.handler;
             match &change {
                 Change::Added(o) => h(Change::Added(o)),
                 Change::Updated { old, new } => h(Change::Updated { old, new }),
@@ -322,7 +371,9 @@ type StartFn =
 /// One informer per resource type per process.
 pub struct InformerFactory {
     client: kube::Client,
-    inner: Mutex<FactoryState>,
+    inner: Arc<Mutex<FactoryState>>,
+    /// Handlers registered through this handle's informers end with this token.
+    scope: Option<CancellationToken>,
 }
 
 #[derive(Default)]
@@ -337,7 +388,17 @@ impl InformerFactory {
     pub fn new(client: kube::Client) -> Arc<Self> {
         Arc::new(InformerFactory {
             client,
-            inner: Mutex::new(FactoryState::default()),
+            inner: Arc::new(Mutex::new(FactoryState::default())),
+            scope: None,
+        })
+    }
+
+    /// A handle on the same informers whose handlers are dropped once `scope` is cancelled.
+    pub fn scoped(&self, scope: CancellationToken) -> Arc<Self> {
+        Arc::new(InformerFactory {
+            client: self.client.clone(),
+            inner: self.inner.clone(),
+            scope: Some(scope),
         })
     }
 
@@ -353,7 +414,9 @@ impl InformerFactory {
             .get(&TypeId::of::<K>())
             .and_then(|existing| existing.downcast_ref::<Informer<K>>())
         {
-            return inf.clone();
+            let mut inf = inf.clone();
+            inf.scope = self.scope.clone();
+            return inf;
         }
         let (store, writer) = reflector::store::<K>();
         let informer = Informer {
@@ -363,6 +426,7 @@ impl InformerFactory {
                 writer: Mutex::new(Some(writer)),
                 handlers: RwLock::new(Vec::new()),
             }),
+            scope: None,
         };
         state
             .informers
@@ -381,6 +445,8 @@ impl InformerFactory {
             }
             None => state.pending.push(start),
         }
+        let mut informer = informer;
+        informer.scope = self.scope.clone();
         informer
     }
 
@@ -410,5 +476,43 @@ impl InformerFactory {
 
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn offline_client() -> kube::Client {
+        // Never contacted: no informer is started.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().expect("a valid URL"));
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    #[tokio::test]
+    async fn handlers_of_a_scoped_handle_are_dropped_when_its_scope_ends() {
+        let factory = InformerFactory::new(offline_client());
+        let scope = CancellationToken::new();
+        let scoped = factory.scoped(scope.clone());
+        factory.informer::<ConfigMap>().add_handler(|_| {});
+        scoped.informer::<ConfigMap>().add_handler(|_| {});
+        assert_eq!(factory.informer::<ConfigMap>().handler_count(), 2);
+        scope.cancel();
+        assert_eq!(factory.informer::<ConfigMap>().handler_count(), 1);
+        // A later registration prunes the dead handler for good.
+        factory.informer::<ConfigMap>().add_handler(|_| {});
+        let hs = factory.informer::<ConfigMap>();
+        let total = hs.shared.handlers.read().map(|h| h.len()).unwrap_or(0);
+        assert_eq!(total, 2);
+    }
+
+    #[tokio::test]
+    async fn a_scoped_handle_shares_the_informers_of_its_factory() {
+        let factory = InformerFactory::new(offline_client());
+        let scoped = factory.scoped(CancellationToken::new());
+        let a = factory.informer::<ConfigMap>();
+        let b = scoped.informer::<ConfigMap>();
+        assert!(Arc::ptr_eq(&a.shared, &b.shared));
     }
 }

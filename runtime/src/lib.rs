@@ -9,6 +9,7 @@ pub mod expectations;
 pub mod flags;
 pub mod informer;
 pub mod leader_election;
+pub mod live_config;
 pub mod metrics;
 pub mod serving;
 pub mod shutdown;

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::TopologySpreadConstraint;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The API group version Ferrite reads (`v1`, the only one upstream still serves).
 pub const API_VERSION: &str = "kubescheduler.config.k8s.io/v1";
@@ -86,53 +87,65 @@ struct ProfileFile {
     plugin_config: Vec<PluginConfigFile>,
 }
 
-/// `v1.Plugins`: one plugin set per extension point, plus `multiPoint`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// `v1.Plugins`: the plugins enabled and disabled at each extension point, merged onto the
+/// default plugin set; `multiPoint` applies to every extension point a plugin implements.
+/// Ferrite runs the plugins of preEnqueue, queueSort, reserve, permit, preBind, bind and
+/// postBind in fixed code, so those may only stay as the defaults resolve them.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginsFile {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub pre_enqueue: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub queue_sort: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub pre_filter: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub filter: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub post_filter: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub pre_score: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub score: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub reserve: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub permit: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub pre_bind: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub bind: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub post_bind: PluginSet,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PluginSet::is_empty")]
     pub multi_point: PluginSet,
 }
 
-/// `v1.PluginSet`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+/// `v1.PluginSet`: plugins to enable (after the defaults, or in place of a default of the same
+/// name) and to disable (`*` disables every default).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSet {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enabled: Vec<PluginRef>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled: Vec<PluginRef>,
 }
 
-/// `v1.Plugin`: a name and, for score plugins, a weight.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+impl PluginSet {
+    pub fn is_empty(&self) -> bool {
+        self.enabled.is_empty() && self.disabled.is_empty()
+    }
+}
+
+/// `v1.Plugin`: a plugin's name and, for a score plugin, its weight (0 or unset: the default).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub weight: Option<i32>,
 }
 
@@ -263,6 +276,9 @@ struct PreemptionArgsFile {
 pub struct SchedulerConfig {
     /// Accepted and validated; Ferrite's scheduling cycle is single-threaded.
     pub parallelism: i32,
+    /// The file's global `percentageOfNodesToScore`, which profiles without their own use
+    /// (those from `SchedulerProfile` objects too).
+    pub percentage_of_nodes_to_score: Option<i32>,
     pub pod_initial_backoff: Duration,
     pub pod_max_backoff: Duration,
     /// As written in the file; `None` fields keep the runtime's defaults.
@@ -276,6 +292,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             parallelism: DEFAULT_PARALLELISM,
+            percentage_of_nodes_to_score: None,
             pod_initial_backoff: Duration::from_secs(DEFAULT_POD_INITIAL_BACKOFF_SECONDS as u64),
             pod_max_backoff: Duration::from_secs(DEFAULT_POD_MAX_BACKOFF_SECONDS as u64),
             leader_election: LeaderElectionFile::default(),
@@ -936,25 +953,86 @@ fn resolve(file: FileConfig) -> Result<SchedulerConfig, ConfigError> {
                 profile.scheduler_name
             )));
         }
-        // `validateCommonQueueSort`.
-        if let Some(first) = profiles.first()
-            && first.plugins.at(Point::QueueSort) != profile.plugins.at(Point::QueueSort)
-        {
-            return Err(invalid(format!(
-                "{path}.plugins.queueSort: Invalid value: {:?}: queueSort must be the same for all profiles",
-                profile.plugins.at(Point::QueueSort)
-            )));
+        if let Some(first) = profiles.first() {
+            common_queue_sort(&path, first, &profile)?;
         }
         profiles.push(profile);
     }
     Ok(SchedulerConfig {
         parallelism,
+        percentage_of_nodes_to_score: global_pct,
         pod_initial_backoff: Duration::from_secs(initial as u64),
         pod_max_backoff: Duration::from_secs(max as u64),
         leader_election,
         client_connection,
         profiles,
     })
+}
+
+/// `validateCommonQueueSort`: every profile sorts the one queue the same way.
+fn common_queue_sort(path: &str, first: &Profile, profile: &Profile) -> Result<(), ConfigError> {
+    if first.plugins.at(Point::QueueSort) != profile.plugins.at(Point::QueueSort) {
+        return Err(invalid(format!(
+            "{path}.plugins.queueSort: Invalid value: {:?}: queueSort must be the same for all profiles",
+            profile.plugins.at(Point::QueueSort)
+        )));
+    }
+    Ok(())
+}
+
+/// One profile from its parts, resolved exactly as a `profiles[]` entry of a configuration
+/// file is (upstream's defaults merged with `plugins`, then `pluginConfig`), with `path`
+/// prefixing the messages. For `SchedulerProfile` objects.
+pub fn resolve_profile_parts(
+    path: &str,
+    scheduler_name: &str,
+    percentage_of_nodes_to_score: Option<i32>,
+    plugins: Option<&PluginsFile>,
+    plugin_config: &[(String, Option<serde_json::Value>)],
+    global_percentage_of_nodes_to_score: Option<i32>,
+) -> Result<Profile, ConfigError> {
+    let file = ProfileFile {
+        scheduler_name: Some(scheduler_name.to_string()),
+        percentage_of_nodes_to_score,
+        plugins: plugins.cloned(),
+        plugin_config: plugin_config
+            .iter()
+            .map(|(name, args)| PluginConfigFile {
+                name: name.clone(),
+                args: args.clone(),
+            })
+            .collect(),
+    };
+    resolve_profile(path, &file, global_percentage_of_nodes_to_score)
+}
+
+impl SchedulerConfig {
+    /// The profiles in force: each of `overrides` in place of the configuration's profile of the
+    /// same schedulerName, or added after them; checked as a whole as a file's profiles are.
+    pub fn profiles_with(
+        &self,
+        overrides: &BTreeMap<String, std::sync::Arc<Profile>>,
+    ) -> Result<Vec<std::sync::Arc<Profile>>, ConfigError> {
+        let mut out: Vec<std::sync::Arc<Profile>> = self
+            .profiles
+            .iter()
+            .map(|p| match overrides.get(&p.scheduler_name) {
+                Some(o) => o.clone(),
+                None => std::sync::Arc::new(p.clone()),
+            })
+            .collect();
+        for (name, p) in overrides {
+            if !self.profiles.iter().any(|f| &f.scheduler_name == name) {
+                out.push(p.clone());
+            }
+        }
+        if let Some(first) = out.first() {
+            for p in &out[1..] {
+                common_queue_sort(&format!("profile {:?}", p.scheduler_name), first, p)?;
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn validate_percentage(path: &str, v: Option<i32>) -> Result<(), ConfigError> {

@@ -17,6 +17,8 @@
 //!
 //! Profiles come from a `KubeSchedulerConfiguration` ([`config`]): each pod is scheduled by the
 //! profile named in its `spec.schedulerName`, and pods for other schedulers are left alone.
+//! `SchedulerProfile` objects ([`profiles`]) replace or add profiles while the scheduler runs:
+//! a change applies from the next scheduling cycle on.
 //!
 //! Not yet covered: DRA and extenders.
 
@@ -26,6 +28,7 @@ pub mod framework;
 pub mod metrics;
 pub mod plugins;
 pub mod preemption;
+pub mod profiles;
 pub mod quantity;
 pub mod queue;
 pub mod resources;
@@ -34,12 +37,13 @@ pub mod selector;
 mod testutil;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use ferrite_runtime::component::Context;
 use ferrite_runtime::events::EventRecorder;
 use ferrite_runtime::informer::{Change, Informer};
+use ferrite_runtime::live_config;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service,
@@ -50,12 +54,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
-use crate::config::SchedulerConfig;
+use crate::config::{Profile, SchedulerConfig};
 use crate::framework::Algorithm;
 use crate::metrics::Metrics;
 use crate::plugins::pod_topology_spread::{self, OwnerObjects};
 use crate::plugins::volumes::{self, StaticBinding};
 use crate::preemption::{Candidate, Pdb, PostFilterResult};
+use crate::profiles::SchedulerProfile;
 use crate::queue::{SchedulingQueue, pod_key};
 use crate::selector::Selector;
 
@@ -110,6 +115,15 @@ struct Shared {
     cache: Mutex<Cache>,
     queue: Mutex<SchedulingQueue>,
     wake: Notify,
+    /// The schedulerNames of the profiles in force: the pods this scheduler is responsible for.
+    profiles: RwLock<BTreeSet<String>>,
+}
+
+impl Shared {
+    fn pending(&self, pod: &Pod) -> bool {
+        let profiles = self.profiles.read().unwrap_or_else(|p| p.into_inner());
+        pending(pod, &profiles)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -271,12 +285,7 @@ fn register_volume_handlers(
     });
 }
 
-fn register_handlers(
-    shared: &Arc<Shared>,
-    nodes: &Informer<Node>,
-    pods: &Informer<Pod>,
-    profiles: BTreeSet<String>,
-) {
+fn register_handlers(shared: &Arc<Shared>, nodes: &Informer<Node>, pods: &Informer<Pod>) {
     let s = shared.clone();
     nodes.add_handler(move |change| {
         let now = Instant::now();
@@ -306,7 +315,7 @@ fn register_handlers(
                     lock(&s.cache).upsert_pod(p.clone());
                     // AssignedPodAdd: a new pod can satisfy pod affinity or spreading.
                     lock(&s.queue).move_for_assigned_pod_event(now);
-                } else if pending(p, &profiles) {
+                } else if s.pending(p) {
                     lock(&s.cache).nominator_mut().observe_pending(None, p);
                     lock(&s.queue).add(p.clone(), now);
                 }
@@ -327,7 +336,7 @@ fn register_handlers(
                     if terminal(new) && !terminal(old) {
                         lock(&s.queue).move_all_to_active_or_backoff(now);
                     }
-                } else if pending(new, &profiles) {
+                } else if s.pending(new) {
                     lock(&s.cache)
                         .nominator_mut()
                         .observe_pending(Some(old), new);
@@ -358,9 +367,96 @@ pub async fn run(ctx: Context) -> Result<(), String> {
     run_with(ctx, SchedulerConfig::default()).await
 }
 
-/// Runs the scheduler with a configuration's profiles until the context's token is cancelled.
+/// The profiles in force and one algorithm (framework) per profile.
+struct Profiles {
+    algorithms: BTreeMap<String, Algorithm>,
+}
+
+impl Profiles {
+    fn new(profiles: &[Arc<Profile>]) -> Self {
+        Profiles {
+            algorithms: profiles
+                .iter()
+                .map(|p| (p.scheduler_name.clone(), Algorithm::for_profile(p.clone())))
+                .collect(),
+        }
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.algorithms.keys().cloned().collect()
+    }
+
+    /// Puts `next` in force from the next cycle on. Pending pods of an added profile are queued
+    /// from the cache, those of a removed one leave the queue, and the unschedulable pods get
+    /// another attempt, since the new plugins may admit them.
+    fn update(&mut self, next: &[Arc<Profile>], binder: &Binder, events: &EventRecorder) {
+        let old = self.names();
+        let mut changed = old.len() != next.len();
+        for p in next {
+            match self.algorithms.get(&p.scheduler_name) {
+                Some(a) if *a.profile == **p => {}
+                _ => {
+                    changed = true;
+                    self.algorithms
+                        .insert(p.scheduler_name.clone(), Algorithm::for_profile(p.clone()));
+                }
+            }
+        }
+        let names: BTreeSet<String> = next.iter().map(|p| p.scheduler_name.clone()).collect();
+        self.algorithms.retain(|n, _| names.contains(n));
+        if !changed {
+            return;
+        }
+        tracing::info!(profiles = ?names, "scheduler profiles changed; the next cycles use them");
+        {
+            let mut recorders = binder.recorders.write().unwrap_or_else(|p| p.into_inner());
+            for n in &names {
+                recorders
+                    .entry(n.clone())
+                    .or_insert_with(|| events.for_controller(n));
+            }
+        }
+        *binder
+            .shared
+            .profiles
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = names.clone();
+        let now = Instant::now();
+        for pod in binder.pods.store().state() {
+            let name = scheduler_name(&pod);
+            if names.contains(name) && !old.contains(name) && pending(&pod, &names) {
+                lock(&binder.shared.cache)
+                    .nominator_mut()
+                    .observe_pending(None, &pod);
+                lock(&binder.shared.queue).add(pod.clone(), now);
+            } else if old.contains(name) && !names.contains(name) {
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                lock(&binder.shared.cache).nominator_mut().remove(uid);
+                lock(&binder.shared.queue).delete(&pod_key(&pod));
+            }
+        }
+        lock(&binder.shared.queue).move_all_to_active_or_backoff(now);
+    }
+}
+
+/// Runs the scheduler with a configuration's profiles until the context's token is cancelled;
+/// `SchedulerProfile` objects replace or add profiles while it runs.
 pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), String> {
     let metrics = ctx.registry.with(Metrics::register);
+    let validate_config = config.clone();
+    let mut profile_objects = live_config::watch::<SchedulerProfile, _, _>(
+        ctx.client.clone(),
+        ctx.token.clone(),
+        ctx.events.for_controller("ferrite-scheduler"),
+        move |obj: &SchedulerProfile| profiles::resolve(&validate_config, obj),
+    );
+    // The first answer decides the profiles of the first cycle.
+    let first = tokio::select! {
+        () = ctx.token.cancelled() => return Ok(()),
+        s = profile_objects.synced() => s,
+    };
+    let mut in_force = Profiles::new(&profiles::in_force(&config, &first));
+    let profile_names = in_force.names();
     let shared = Arc::new(Shared {
         cache: Mutex::new(Cache::default()),
         queue: Mutex::new(SchedulingQueue::with_backoff(
@@ -368,16 +464,12 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
             config.pod_max_backoff,
         )),
         wake: Notify::new(),
+        profiles: RwLock::new(profile_names.clone()),
     });
-    let profile_names: BTreeSet<String> = config
-        .profiles
-        .iter()
-        .map(|p| p.scheduler_name.clone())
-        .collect();
     let nodes = ctx.informers.informer::<Node>();
     let pods = ctx.informers.informer::<Pod>();
     let pdbs = ctx.informers.informer::<PodDisruptionBudget>();
-    register_handlers(&shared, &nodes, &pods, profile_names.clone());
+    register_handlers(&shared, &nodes, &pods);
     register_volume_handlers(
         &shared,
         &ctx.informers.informer::<PersistentVolumeClaim>(),
@@ -427,36 +519,48 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
         .collect();
     let binder = Binder {
         client: ctx.client.clone(),
-        recorders: Arc::new(recorders),
+        recorders: Arc::new(RwLock::new(recorders)),
         shared: shared.clone(),
         metrics: metrics.clone(),
         pods: pods.clone(),
         pdbs,
         spread_listers,
     };
-    let mut algorithms: BTreeMap<String, Algorithm> = config
-        .profiles
-        .into_iter()
-        .map(|p| {
-            (
-                p.scheduler_name.clone(),
-                Algorithm::for_profile(Arc::new(p)),
-            )
-        })
-        .collect();
     // `nextStartNodeIndex` belongs to the scheduler, shared by its profiles.
     let mut next_start_node_index = 0;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    profile_objects.applied(first.version);
+    let mut watching = true;
     loop {
+        // A profile change applies from the next cycle on.
+        if watching && profile_objects.has_changed() {
+            let snapshot = profile_objects.current();
+            in_force.update(
+                &profiles::in_force(&config, &snapshot),
+                &binder,
+                &ctx.events,
+            );
+            profile_objects.applied(snapshot.version);
+        }
         let popped = lock(&shared.queue).pop(Instant::now());
         let Some(qp) = popped else {
             tokio::select! {
                 _ = ctx.token.cancelled() => break,
                 _ = shared.wake.notified() => {}
+                changed = profile_objects.changed(), if watching => {
+                    match changed {
+                        Ok(()) => {
+                            let snapshot = profile_objects.current();
+                            in_force.update(&profiles::in_force(&config, &snapshot), &binder, &ctx.events);
+                            profile_objects.applied(snapshot.version);
+                        }
+                        Err(_) => watching = false,
+                    }
+                }
             }
             continue;
         };
-        let Some(algorithm) = algorithms.get_mut(scheduler_name(&qp.pod)) else {
+        let Some(algorithm) = in_force.algorithms.get_mut(scheduler_name(&qp.pod)) else {
             // Only pods of these profiles are queued; a changed schedulerName is dropped.
             lock(&shared.queue).done(&qp.key);
             lock(&shared.queue).delete(&qp.key);
@@ -475,8 +579,9 @@ pub async fn run_with(ctx: Context, config: SchedulerConfig) -> Result<(), Strin
 #[derive(Clone)]
 struct Binder {
     client: kube::Client,
-    /// One recorder per profile, reporting as its scheduler name.
-    recorders: Arc<BTreeMap<String, EventRecorder>>,
+    /// One recorder per profile, reporting as its scheduler name (profiles come and go with
+    /// `SchedulerProfile` objects).
+    recorders: Arc<RwLock<BTreeMap<String, EventRecorder>>>,
     shared: Arc<Shared>,
     metrics: Metrics,
     pods: Informer<Pod>,
@@ -494,8 +599,12 @@ enum Nomination {
 
 impl Binder {
     /// The recorder of the profile scheduling `pod`.
-    fn events(&self, pod: &Pod) -> Option<&EventRecorder> {
-        self.recorders.get(scheduler_name(pod))
+    fn events(&self, pod: &Pod) -> Option<EventRecorder> {
+        self.recorders
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(scheduler_name(pod))
+            .cloned()
     }
 
     /// The scheduling cycle (`scheduleOne`): synchronous over the cache; binding and failure

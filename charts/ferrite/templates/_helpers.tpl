@@ -63,6 +63,28 @@ subjects:
     namespace: {{ .root.Release.Namespace }}
 {{- end -}}
 
+{{/* The one role the chart defines per component: read its configuration resource
+(config.ferrite.dev, from the chart's crds/) and write that resource's status, nothing else; and
+its binding. Takes (dict "root" $ "component" "scheduler" "resource" "schedulerprofiles"). */}}
+{{- define "ferrite.configurationRole" -}}
+{{- $name := printf "%s-%s" (include "ferrite.fullname" .root) .component }}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ printf "%s:configuration" $name }}
+  labels:
+    {{- include "ferrite.labels" . | nindent 4 }}
+rules:
+  - apiGroups: ["config.ferrite.dev"]
+    resources: [{{ .resource | quote }}]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["config.ferrite.dev"]
+    resources: [{{ printf "%s/status" .resource | quote }}]
+    verbs: ["update"]
+---
+{{ include "ferrite.binding" (merge (dict "kind" "ClusterRole" "role" (printf "%s:configuration" $name) "suffix" "configuration") .) }}
+{{- end -}}
+
 {{/* One component: ServiceAccount, Deployment and PodDisruptionBudget; takes (dict "root" $
 "component" "scheduler" "values" .Values.scheduler "args" (list ...) "volumes" (list ...)
 "mounts" (list ...)). */}}

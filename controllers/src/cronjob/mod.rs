@@ -28,9 +28,6 @@ use crate::manager::ControllerContext;
 
 pub const NAME: &str = "cronjob-controller";
 
-/// `--concurrent-cron-job-syncs` default.
-const WORKERS: usize = 5;
-
 type Key = (String, String);
 
 #[derive(Debug, thiserror::Error)]
@@ -139,10 +136,12 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         });
     }
     let token = ctx.token.clone();
+    // `--concurrent-cron-job-syncs`.
+    let workers = ctx.settings.concurrent_cron_job_syncs;
     Ok(async move {
         tracing::info!(controller = NAME, "starting cronjob controller v2");
         let s = shared.clone();
-        run_workers(queue, WORKERS, token, move |key: Key| {
+        run_workers(queue, workers, token, move |key: Key| {
             let s = s.clone();
             async move { s.sync(key).await }
         })

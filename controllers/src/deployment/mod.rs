@@ -43,10 +43,6 @@ use util::{
 
 pub const NAME: &str = "deployment-controller";
 
-/// Upstream `--concurrent-deployment-syncs` default. Hard-coded until the manager passes the
-/// flag through.
-const WORKERS: usize = 5;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -122,9 +118,11 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         });
     }
     let token = ctx.token.clone();
+    // `--concurrent-deployment-syncs`.
+    let workers = ctx.settings.concurrent_deployment_syncs;
     Ok(async move {
         tracing::info!(controller = NAME, "starting controller");
-        run_workers(queue, WORKERS, token, move |key: String| {
+        run_workers(queue, workers, token, move |key: String| {
             let c = ctl.clone();
             async move { c.sync(&key).await }
         })

@@ -50,8 +50,6 @@ use crate::manager::ControllerContext;
 
 pub const NAME: &str = "garbage-collector-controller";
 
-/// `--concurrent-gc-syncs` default: workers of each queue.
-pub const CONCURRENT_GC_SYNCS: usize = 20;
 /// How often discovery is refreshed so new resources (CRDs) get monitors
 /// (kube-controller-manager's `garbageCollectorController.Sync` period).
 pub const DISCOVERY_PERIOD: Duration = Duration::from_secs(30);
@@ -160,6 +158,8 @@ struct Shared {
     attempt_to_orphan: WorkQueue<ObjectRef>,
     recorder: EventRecorder,
     metrics: GcMetrics,
+    /// `--concurrent-gc-syncs`: workers of each queue.
+    workers: usize,
     /// Monitors started, and those whose first list reached the graph.
     monitors: Mutex<HashMap<String, (CancellationToken, bool)>>,
     synced: Notify,
@@ -195,7 +195,8 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         )
         .with_metrics(&ctx.queue_metrics),
         recorder: ctx.events.for_controller("garbage-collector-controller"),
-        metrics: ctx.registry.with(GcMetrics::register),
+        metrics: ctx.registry.once(NAME, GcMetrics::register),
+        workers: ctx.settings.concurrent_gc_syncs,
         monitors: Mutex::new(HashMap::new()),
         synced: Notify::new(),
     });
@@ -233,6 +234,7 @@ async fn run(
     let s = shared.clone();
     let deleters = run_queue(
         shared.attempt_to_delete.clone(),
+        shared.workers,
         token.clone(),
         move |key| {
             let s = s.clone();
@@ -242,6 +244,7 @@ async fn run(
     let s = shared.clone();
     let orphaners = run_queue(
         shared.attempt_to_orphan.clone(),
+        shared.workers,
         token.clone(),
         move |key| {
             let s = s.clone();
@@ -261,13 +264,17 @@ async fn run(
 /// `--concurrent-gc-syncs` workers over one queue: forget on success, rate-limited requeue on
 /// error. Unlike the shared `run_workers`, expected retries (an owner kind discovery has not
 /// seen yet, a virtual node not observed yet) log at debug level, as upstream logs them at V(5).
-async fn run_queue<F, Fut>(queue: WorkQueue<ObjectRef>, token: CancellationToken, sync: F)
-where
+async fn run_queue<F, Fut>(
+    queue: WorkQueue<ObjectRef>,
+    workers_count: usize,
+    token: CancellationToken,
+    sync: F,
+) where
     F: Fn(ObjectRef) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
 {
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..CONCURRENT_GC_SYNCS {
+    for _ in 0..workers_count.max(1) {
         let (queue, token, sync) = (queue.clone(), token.clone(), sync.clone());
         workers.spawn(async move {
             loop {

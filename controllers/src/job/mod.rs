@@ -45,9 +45,6 @@ type ApiPod = k8s_openapi::api::core::v1::Pod;
 /// Canonical controller name (events' source, logs).
 pub const NAME: &str = "job-controller";
 
-/// Upstream `--concurrent-job-syncs` default.
-pub const CONCURRENT_SYNCS: usize = 5;
-
 /// Upstream `DefaultJobApiBackOff` / `MaxJobApiBackOff`: the queues' per-item backoff.
 const API_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_API_BACKOFF: Duration = Duration::from_secs(60);
@@ -128,7 +125,7 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         finalizer_expectations: tracking::FinalizerExpectations::default(),
         backoff: backoff::BackoffStore::default(),
         recorder: ctx.events.for_controller(NAME),
-        metrics: ctx.registry.with(metrics::JobMetrics::register),
+        metrics: ctx.registry.once(NAME, metrics::JobMetrics::register),
     });
     let s = shared.clone();
     shared.jobs.add_handler(move |change| match change {
@@ -165,11 +162,13 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         }
     });
     let token = ctx.token.clone();
+    // `--concurrent-job-syncs`.
+    let workers = ctx.settings.concurrent_job_syncs;
     Ok(async move {
         let s = shared.clone();
         let jobs = run_workers(
             shared.queue.clone(),
-            CONCURRENT_SYNCS,
+            workers,
             token.clone(),
             move |key: String| {
                 let s = s.clone();

@@ -66,38 +66,9 @@ const UPDATE_TAINT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The controller's flags (upstream `NodeLifecycleControllerConfiguration`), with the v1.37
 /// defaults (pkg/controller/nodelifecycle/config/v1alpha1/defaults.go and
-/// cmd/kube-controller-manager/app/options/nodelifecyclecontroller.go).
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeLifecycleOptions {
-    /// `--node-monitor-period`
-    pub node_monitor_period: Duration,
-    /// `--node-monitor-grace-period`
-    pub node_monitor_grace_period: Duration,
-    /// `--node-startup-grace-period`
-    pub node_startup_grace_period: Duration,
-    /// `--node-eviction-rate`
-    pub node_eviction_rate: f32,
-    /// `--secondary-node-eviction-rate`
-    pub secondary_node_eviction_rate: f32,
-    /// `--large-cluster-size-threshold`
-    pub large_cluster_size_threshold: i32,
-    /// `--unhealthy-zone-threshold`
-    pub unhealthy_zone_threshold: f32,
-}
-
-impl Default for NodeLifecycleOptions {
-    fn default() -> Self {
-        NodeLifecycleOptions {
-            node_monitor_period: Duration::from_secs(5),
-            node_monitor_grace_period: Duration::from_secs(50),
-            node_startup_grace_period: Duration::from_secs(60),
-            node_eviction_rate: 0.1,
-            secondary_node_eviction_rate: 0.01,
-            large_cluster_size_threshold: 50,
-            unhealthy_zone_threshold: 0.55,
-        }
-    }
-}
+/// cmd/kube-controller-manager/app/options/nodelifecyclecontroller.go); a
+/// `ControllerConfiguration` may override them while the manager runs.
+pub use crate::configuration::NodeLifecycleSettings as NodeLifecycleOptions;
 
 impl NodeLifecycleOptions {
     fn grace(&self) -> Grace {
@@ -229,7 +200,7 @@ struct Shared {
 
 /// The controller's `StartFn`.
 pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), String>>, String> {
-    let opts = ctx.options.node_lifecycle.clone();
+    let opts = ctx.settings.node_lifecycle.clone();
     if opts.node_monitor_period.is_zero() {
         return Err("--node-monitor-period must be greater than zero".into());
     }

@@ -35,10 +35,6 @@ use plan::{BURST_REPLICAS, Owner, SLOW_START_INITIAL_BATCH_SIZE, Scale, Template
 /// Canonical controller name (events' source, logs).
 pub const NAME: &str = "replicaset-controller";
 
-/// Upstream `--concurrent-replicaset-syncs` default. Hard-coded until the flag is wired through
-/// `ManagerOptions`.
-pub const CONCURRENT_SYNCS: usize = 5;
-
 /// Upstream `NamespaceTerminatingCause`: creates in a terminating namespace fail, quietly.
 const NAMESPACE_TERMINATING_CAUSE: &str = "NamespaceTerminating";
 
@@ -127,9 +123,11 @@ pub fn start(ctx: &ControllerContext) -> Result<BoxFuture<'static, Result<(), St
         Change::Deleted(pod) => s.delete_pod(pod),
     });
     let token = ctx.token.clone();
+    // `--concurrent-replicaset-syncs`.
+    let workers = ctx.settings.concurrent_replicaset_syncs;
     Ok(async move {
         let queue = shared.queue.clone();
-        run_workers(queue, CONCURRENT_SYNCS, token, move |key: String| {
+        run_workers(queue, workers, token, move |key: String| {
             let s = shared.clone();
             async move { s.sync(&key).await }
         })
