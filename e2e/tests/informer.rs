@@ -248,3 +248,47 @@ async fn informer_lists_when_the_apiserver_refuses_streaming_lists() -> Result<(
     .await?;
     Ok(())
 }
+
+/// A controller starts working the moment the caches report synced, and lists namespaces through
+/// the namespace index at once: the index must hold the initial state by then, or the controller
+/// would see no pods and create them again (a Job controller restarted mid-Job did). Fresh
+/// informers, many times over, since the window is a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_index_holds_the_initial_state_when_the_cache_reports_synced() -> Result<()> {
+    let bed = PrivateBed::start(|mut o| {
+        o.nodes = 1;
+        o
+    })
+    .await?;
+    let client = bed.client().await?;
+    let ns = testing::namespace(&client, "informer-index").await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let name = format!("cm-{i:02}");
+        cms.create(&PostParams::default(), &config_map(&name)?)
+            .await?;
+        want.push(name);
+    }
+    for round in 0..25 {
+        let factory = InformerFactory::new(client_from(&bed.kubeconfig()).await?);
+        let informer = factory.informer::<ConfigMap>();
+        let shutdown = CancellationToken::new();
+        let _stop_informers = shutdown.clone().drop_guard();
+        factory.start(shutdown);
+        tokio::time::timeout(Duration::from_secs(30), factory.wait_for_cache_sync()).await?;
+        let mut indexed: Vec<String> = informer
+            .list_namespace(&ns)
+            .iter()
+            .filter_map(|cm| cm.metadata.name.clone())
+            .collect();
+        indexed.sort();
+        ensure!(
+            indexed == want,
+            "round {round}: right after sync the namespace index gave {} of {} objects",
+            indexed.len(),
+            want.len()
+        );
+    }
+    Ok(())
+}

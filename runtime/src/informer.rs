@@ -162,14 +162,16 @@ where
         }
     }
 
-    /// Rebuilds the index from the cache after a (re)list replaced it.
-    fn reindex(&self) {
+    /// Replaces the index with one of the objects a (re)list delivered. Done before the store
+    /// takes them and reports ready, so a controller that starts on "synced" never lists a
+    /// namespace through an index still empty (and creates what already exists).
+    fn reindex<'a>(&self, keys: impl Iterator<Item = &'a ObjectRef<K>>) {
         let mut fresh = NamespaceIndex::new();
-        for o in self.shared.store.state() {
+        for key in keys {
             fresh
-                .entry(o.meta().namespace.clone().unwrap_or_default())
+                .entry(key.namespace.clone().unwrap_or_default())
                 .or_default()
-                .insert(o.meta().name.clone().unwrap_or_default());
+                .insert(key.name.clone());
         }
         *self
             .shared
@@ -296,8 +298,10 @@ where
                 Event::InitDone => {
                     synced = true;
                     let before = self.shared.store.state();
+                    if let Some((seen, _)) = &relist {
+                        self.reindex(seen.iter());
+                    }
                     writer.apply_watcher_event(&event);
-                    self.reindex();
                     if let Some((seen, applied)) = relist.take() {
                         let old: HashMap<ObjectRef<K>, Arc<K>> = before
                             .into_iter()
