@@ -230,3 +230,115 @@ impl LocalNode {
         self.dir.display().to_string()
     }
 }
+
+/// What the cluster looks like, for a failed wait: the nodes with their taints and readiness,
+/// the pods of `ns` and of kube-system with phase, node and the reasons of their false
+/// conditions, the events of `ns`, and the tail of each Ferrite pod's log.
+pub async fn report(client: &kube::Client, ns: &str) -> String {
+    use k8s_openapi::api::core::v1::{Event, Node};
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if let Ok(nodes) = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        for n in nodes.items.iter().filter(|n| {
+            !n.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get("type").is_some_and(|t| t == "kwok"))
+        }) {
+            let taints: Vec<String> = n
+                .spec
+                .iter()
+                .flat_map(|s| s.taints.iter().flatten())
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect();
+            let ready = n
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .find(|c| c.type_ == "Ready")
+                .map(|c| format!("{} ({})", c.status, c.reason.clone().unwrap_or_default()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "node {}: Ready={ready} taints={taints:?}",
+                n.metadata.name.clone().unwrap_or_default()
+            );
+        }
+    }
+    for namespace in [ns, NAMESPACE] {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let Ok(list) = pods.list(&ListParams::default()).await else {
+            continue;
+        };
+        for p in &list.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let status = p.status.clone().unwrap_or_default();
+            let unmet: Vec<String> = status
+                .conditions
+                .iter()
+                .flatten()
+                .filter(|c| c.status != "True")
+                .map(|c| {
+                    format!(
+                        "{}={} {}",
+                        c.type_,
+                        c.status,
+                        c.message.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let waiting: Vec<String> = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                .map(|w| {
+                    format!(
+                        "{} {}",
+                        w.reason.clone().unwrap_or_default(),
+                        w.message.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "pod {namespace}/{name}: {} node={node:?} deleting={} unmet={unmet:?} waiting={waiting:?}",
+                status.phase.unwrap_or_default(),
+                p.metadata.deletion_timestamp.is_some()
+            );
+            if namespace == NAMESPACE && name.starts_with("ferrite-") {
+                let params = kube::api::LogParams {
+                    tail_lines: Some(15),
+                    ..Default::default()
+                };
+                if let Ok(log) = pods.logs(&name, &params).await {
+                    let _ = writeln!(out, "--- log of {name}:\n{log}---");
+                }
+            }
+        }
+    }
+    if let Ok(events) = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+    {
+        for e in events.items.iter().rev().take(30) {
+            let _ = writeln!(
+                out,
+                "event {} {}: {} {}",
+                e.involved_object.name.clone().unwrap_or_default(),
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            );
+        }
+    }
+    out
+}

@@ -191,7 +191,7 @@ async fn a_local_node_hosts_ferrite_recovers_it_and_leaves_nothing_behind() -> R
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     deployments.create(&PostParams::default(), &web).await?;
     let user_pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually(
+    if let Err(e) = eventually(
         "the user Deployment's 3 pods Running and the Deployment available",
         Duration::from_secs(120),
         Duration::from_secs(1),
@@ -206,7 +206,10 @@ async fn a_local_node_hosts_ferrite_recovers_it_and_leaves_nothing_behind() -> R
             (running == 3 && available == 3).then_some(())
         },
     )
-    .await?;
+    .await
+    {
+        return Err(e.context(local_node::report(&client, &ns).await));
+    }
 
     // The configuration CRDs came with the install, and the leaders (as the chart's accounts)
     // report on the objects users write.

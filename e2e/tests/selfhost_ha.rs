@@ -213,8 +213,9 @@ async fn deleting_each_leader_during_a_200_replica_rollout_hands_over_without_du
         .await?;
     let ready = |what: String| {
         let deployments = deployments.clone();
+        let (client, ns) = (client.clone(), ns.clone());
         async move {
-            eventually(
+            let waited = eventually(
                 &what,
                 Duration::from_secs(240),
                 Duration::from_millis(500),
@@ -227,7 +228,11 @@ async fn deleting_each_leader_during_a_200_replica_rollout_hands_over_without_du
                         .map(|_| ())
                 },
             )
-            .await
+            .await;
+            match waited {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.context(local_node::report(&client, &ns).await)),
+            }
         }
     };
     ready("the first 200 replicas".into()).await?;
