@@ -1353,7 +1353,6 @@ async fn succeed_with_restarts(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: once in the full suite the Indexed Job was not completed by the controller manager started after the second SIGKILL (no error logged); passes run alone; under investigation"]
 async fn a_restarted_controller_manager_neither_recounts_nor_recreates_pods() -> Result<()> {
     // Bounded as a whole: it stops and starts processes, which nothing else here does.
     tokio::time::timeout(Duration::from_secs(420), restart_scenario())
@@ -1398,14 +1397,20 @@ async fn restart_scenario() -> Result<()> {
     b?;
     let api = Api::<Job>::namespaced(client.clone(), &ns);
     for name in ["plain", "indexed"] {
-        let j = eventually(&format!("job {name} Complete"), TIMEOUT, POLL, || async {
+        let waited = eventually(&format!("job {name} Complete"), TIMEOUT, POLL, || async {
             api.get(name)
                 .await
                 .ok()
                 .filter(|j| has(j, "Complete", "CompletionsReached"))
         })
-        .await
-        .with_context(|| bed.log_tail(&cm))?;
+        .await;
+        let j = match waited {
+            Ok(j) => j,
+            Err(e) => {
+                let state = job_and_pods(&client, &ns, name).await;
+                return Err(e.context(format!("{state}\n{}", bed.log_tail(&cm))));
+            }
+        };
         ensure!(
             status_counts(&j) == (0, 6, 0),
             "{name}: (active, succeeded, failed) = {:?}",
@@ -1428,6 +1433,34 @@ async fn restart_scenario() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The Job's status and its pods (phase, index, finalizers), to say where a Job got stuck.
+async fn job_and_pods(client: &kube::Client, ns: &str, job: &str) -> String {
+    let status = Api::<Job>::namespaced(client.clone(), ns)
+        .get(job)
+        .await
+        .map(|j| serde_json::to_string(&j.status).unwrap_or_default())
+        .unwrap_or_else(|e| e.to_string());
+    let pods = pods_of(client, ns, job)
+        .await
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    format!(
+                        "{} {} index={:?} finalizers={:?} deleting={}",
+                        pod_name(p),
+                        phase(p),
+                        index_of(p),
+                        p.metadata.finalizers,
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_else(|e| e.to_string());
+    format!("job {job} status: {status}\npods:\n{pods}")
 }
 
 /// Marks running pods of `job` Succeeded until `n` have been (any controller manager).

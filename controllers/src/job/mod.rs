@@ -651,6 +651,7 @@ impl Shared {
                 (ManageOutcome::default(), None)
             }
             Manage::Create { count, indexes } => {
+                tracing::debug!(key, count, ?indexes, "too few pods running; creating");
                 let (created, err) = self.create_pods(key, prep, *count, indexes).await;
                 (
                     ManageOutcome {
