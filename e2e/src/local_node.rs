@@ -242,12 +242,14 @@ pub async fn report(client: &kube::Client, ns: &str) -> String {
         .list(&ListParams::default())
         .await
     {
-        for n in nodes.items.iter().filter(|n| {
-            !n.metadata
+        let kwok = |n: &&Node| {
+            n.metadata
                 .labels
                 .as_ref()
-                .is_some_and(|l| l.get("type").is_some_and(|t| t == "kwok"))
-        }) {
+                .and_then(|l| l.get("type"))
+                .is_some_and(|t| t == "kwok")
+        };
+        for n in nodes.items.iter().filter(|n| !kwok(n)) {
             let taints: Vec<String> = n
                 .spec
                 .iter()
