@@ -192,6 +192,7 @@ pub fn prepare() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "a local node needs root (containerd, runc, the kubelet, iptables)"
     );
+    enough_disk(Path::new(DIR_PREFIX).parent().unwrap_or(Path::new("/")))?;
     build_stock()?;
     ensure!(
         ferrite().is_file(),
@@ -199,6 +200,32 @@ pub fn prepare() -> Result<()> {
         ferrite().display()
     );
     clear_leftovers()
+}
+
+/// Below 1 % free the node's kubelet reports DiskPressure (its eviction threshold here), the node
+/// gets the `disk-pressure` NoSchedule taint and user pods stay Pending: say so up front rather
+/// than as a scheduling failure minutes later.
+fn enough_disk(dir: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    ensure!(
+        unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0,
+        "statvfs {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
+    let free = st.f_bavail as f64 * st.f_frsize as f64;
+    let total = st.f_blocks as f64 * st.f_frsize as f64;
+    ensure!(
+        total > 0.0 && free / total >= 0.02,
+        "the disk holding {} has {:.1} GiB of {:.1} GiB free (under 2 %): the node's kubelet would report DiskPressure and taint the node; free some space first",
+        dir.display(),
+        free / f64::from(1u32 << 30),
+        total / f64::from(1u32 << 30)
+    );
+    Ok(())
 }
 
 /// A node brought up by `ferrite bootstrap up` in a directory of its own; down on drop.
