@@ -177,7 +177,9 @@ pub async fn wait_self_hosted(client: &kube::Client, timeout: Duration) -> Resul
     loop {
         match ferrite_is_self_hosted(client).await {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(report(client, NAMESPACE).await));
+            }
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }

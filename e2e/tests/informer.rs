@@ -62,6 +62,20 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
+/// A fresh factory (with a client of its own, as a component has) whose ConfigMap informer has
+/// synced; the informers stop when the guard drops.
+async fn synced_informer(
+    bed: &PrivateBed,
+) -> Result<(Informer<ConfigMap>, tokio_util::sync::DropGuard)> {
+    let factory = InformerFactory::new(client_from(&bed.kubeconfig()).await?);
+    let informer = factory.informer::<ConfigMap>();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone().drop_guard();
+    factory.start(shutdown);
+    tokio::time::timeout(Duration::from_secs(30), factory.wait_for_cache_sync()).await?;
+    Ok((informer, stop))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informer_keeps_its_cache_through_an_apiserver_restart_and_reports_every_later_change()
 -> Result<()> {
@@ -226,12 +240,7 @@ async fn informer_lists_when_the_apiserver_refuses_streaming_lists() -> Result<(
     cms.create(&PostParams::default(), &config_map("listed")?)
         .await?;
 
-    let factory = InformerFactory::new(client_from(&bed.kubeconfig()).await?);
-    let informer = factory.informer::<ConfigMap>();
-    let shutdown = CancellationToken::new();
-    let _stop_informers = shutdown.clone().drop_guard();
-    factory.start(shutdown);
-    tokio::time::timeout(Duration::from_secs(30), factory.wait_for_cache_sync()).await?;
+    let (informer, _stop_informers) = synced_informer(&bed).await?;
     ensure!(
         cached_names(&informer, &ns) == ["listed"],
         "cached after sync: {:?}",
@@ -271,12 +280,7 @@ async fn the_namespace_index_holds_the_initial_state_when_the_cache_reports_sync
         want.push(name);
     }
     for round in 0..25 {
-        let factory = InformerFactory::new(client_from(&bed.kubeconfig()).await?);
-        let informer = factory.informer::<ConfigMap>();
-        let shutdown = CancellationToken::new();
-        let _stop_informers = shutdown.clone().drop_guard();
-        factory.start(shutdown);
-        tokio::time::timeout(Duration::from_secs(30), factory.wait_for_cache_sync()).await?;
+        let (informer, _stop_informers) = synced_informer(&bed).await?;
         let mut indexed: Vec<String> = informer
             .list_namespace(&ns)
             .iter()
